@@ -1,0 +1,300 @@
+//! The HTTP side of a node that is not WebSocket: the backend API under `/api` (API keys
+//! compared in constant time, bodies capped at `limits.max_message_size`), and the
+//! operator endpoints `/healthz`, `/readyz` and `/metrics`. Handlers talk to the engine and
+//! the broker through the shared [`Node`]; errors are `{"error":{"code","message"}}`.
+
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use crate::channel::ChannelName;
+use crate::config::NamespaceOptions;
+use crate::engine::EngineError;
+use crate::node::Node;
+use crate::protocol::StreamPosition;
+
+/// A JSON error response: `{"error":{"code","message"}}`.
+pub fn json_error(status: u16, code: &str, message: &str) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
+}
+
+/// An API failure, rendered as [`json_error`].
+#[derive(Debug)]
+pub struct ApiError {
+    status: u16,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, message: &str) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        json_error(self.status, self.code, &self.message)
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+/// Registers `/api/*`, `/healthz`, `/readyz` and `/metrics`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .service(
+            web::scope("/api")
+                .route("/publish", web::post().to(publish))
+                .route("/broadcast", web::post().to(broadcast))
+                .route("/channels", web::get().to(channels))
+                .route("/presence/{channel}", web::get().to(presence))
+                .route("/history/{channel}", web::get().to(history))
+                .route("/disconnect", web::post().to(disconnect))
+                .default_service(web::to(|| async {
+                    json_error(404, "not_found", "no such API call")
+                })),
+        );
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(node: web::Data<Node>) -> HttpResponse {
+    if node.is_ready() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else if node.is_draining() {
+        json_error(503, "unavailable", "the node is draining")
+    } else {
+        json_error(503, "unavailable", "the engine is not connected or not migrated")
+    }
+}
+
+async fn metrics(node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(node.metrics.render())
+}
+
+/// Checks `Authorization: apikey <key>` against `api.keys`, in constant time per key.
+fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
+    let keys = &node.settings.api.keys;
+    if keys.is_empty() {
+        return Err(ApiError::new(401, "unauthorized", "the HTTP API is disabled: api.keys is empty"));
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
+        .map(|(_, key)| key.trim().as_bytes())
+        .ok_or_else(|| ApiError::new(401, "unauthorized", "missing `Authorization: apikey <key>`"))?;
+    // Every key is compared, so the time taken does not say which one (if any) matched.
+    let matched = keys
+        .iter()
+        .fold(0u8, |acc, k| acc | k.as_bytes().ct_eq(given).unwrap_u8());
+    if matched == 1 {
+        Ok(())
+    } else {
+        Err(ApiError::new(401, "unauthorized", "unknown API key"))
+    }
+}
+
+/// Reads a body of at most `limits.max_message_size` bytes (413 past it).
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, node: &Node) -> Result<Bytes, ApiError> {
+    let max = node.settings.limits.max_message_size;
+    let too_big = || ApiError::new(413, "too_large", "body is larger than limits.max_message_size");
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_big());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(400, "bad_request", &format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::new(400, "bad_request", &format!("invalid body: {e}")))
+}
+
+fn channel(name: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name).map_err(|e| ApiError::new(400, "invalid_channel", &e.to_string()))
+}
+
+fn unavailable(e: EngineError) -> ApiError {
+    log::warn!("api engine error: {e}");
+    ApiError::new(503, "unavailable", "the engine cannot take this call now; nothing was published")
+}
+
+fn namespace(node: &Node, channel: &ChannelName) -> NamespaceOptions {
+    node.namespaces.get(channel.namespace()).clone()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+async fn publish(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let body = read_body(&req, payload, &node).await?;
+    let b: PublishBody = parse_json(&body)?;
+    let ch = channel(&b.channel)?;
+    let ns = namespace(&node, &ch);
+    let r = node
+        .engine
+        .publish(&ch, Arc::from(b.data), None, &ns)
+        .await
+        .map_err(unavailable)?;
+    node.metrics.publications.inc();
+    Ok(HttpResponse::Ok().json(json!({"offset": r.offset, "epoch": &*r.epoch})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let body = read_body(&req, payload, &node).await?;
+    let b: BroadcastBody = parse_json(&body)?;
+    if b.channels.is_empty() {
+        return Err(ApiError::new(400, "bad_request", "`channels` is empty"));
+    }
+    // Validate every name first, so a bad one publishes nothing.
+    let chans = b
+        .channels
+        .iter()
+        .map(|c| channel(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let data: Arc<RawValue> = Arc::from(b.data);
+    let mut results = Vec::with_capacity(chans.len());
+    for ch in chans {
+        let ns = namespace(&node, &ch);
+        let r = node
+            .engine
+            .publish(&ch, data.clone(), None, &ns)
+            .await
+            .map_err(unavailable)?;
+        node.metrics.publications.inc();
+        results.push(json!({"channel": ch.as_str(), "offset": r.offset, "epoch": &*r.epoch}));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+}
+
+async fn channels(req: HttpRequest, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let local = node.broker.channel_counts().await;
+    let all = node.engine.channels(local).await.map_err(unavailable)?;
+    let list: Vec<_> = all
+        .into_iter()
+        .map(|(channel, subscribers)| json!({"channel": channel, "subscribers": subscribers}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "channels": list })))
+}
+
+async fn presence(req: HttpRequest, path: web::Path<String>, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let ch = channel(&path)?;
+    if !namespace(&node, &ch).presence {
+        return Err(ApiError::new(404, "not_available", "presence is off in this namespace"));
+    }
+    let list = node.engine.presence(&ch).await.map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({ "clients": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    since_offset: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let ch = channel(&path)?;
+    let q = web::Query::<HistoryQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::new(400, "bad_request", &format!("invalid query: {e}")))?
+        .into_inner();
+    let ns = namespace(&node, &ch);
+    if ns.history_size == 0 {
+        return Err(ApiError::new(404, "not_available", "history is off in this namespace"));
+    }
+    let since = match (q.since_offset, q.epoch) {
+        (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(400, "bad_request", "since_offset and epoch go together"));
+        }
+    };
+    let limit = q.limit.unwrap_or(ns.history_size).min(ns.history_size);
+    let h = node
+        .engine
+        .history(&ch, since.as_ref(), limit, &ns)
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "offset": h.offset,
+        "epoch": &*h.epoch,
+        "publications": h.publications,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+}
+
+async fn disconnect(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
+    authorize(&req, &node)?;
+    let body = read_body(&req, payload, &node).await?;
+    let b: DisconnectBody = parse_json(&body)?;
+    if b.user.is_empty() {
+        return Err(ApiError::new(400, "bad_request", "`user` is empty"));
+    }
+    let n = node.engine.disconnect_user(&b.user).await.map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({ "disconnected": n })))
+}

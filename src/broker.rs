@@ -1,0 +1,714 @@
+//! The broker: which local sessions are subscribed to which channel, and the only code that
+//! fans publications out to them. It is sharded by channel hash into actors that each run on
+//! their own arbiter (thread), so fan-out of different channels uses every core.
+//!
+//! Sessions send [`Subscribe`], [`Unsubscribe`] and [`Leave`]; the engine's handler sends
+//! [`EnginePublication`] and [`EnginePush`]. A shard asks the engine to subscribe the node to
+//! a channel on its first local subscriber and to unsubscribe on its last.
+//!
+//! Joining races with live traffic, so a new subscriber is held in a joining state that
+//! buffers live publications while the node subscription, presence and history reads
+//! complete; the `subscribed` reply then goes out first, followed by the buffered
+//! publications newer than the reply's offset: no gap, no duplicate, and never a live
+//! message before `subscribed`.
+//!
+//! Fan-out never blocks and never queues without bound: every frame handed to a session is
+//! counted in its [`Outbox`]; a session whose unsent bytes would pass
+//! `limits.max_pending_bytes` is evicted from the shard's channels and told to close with
+//! 4001, while the other subscribers keep receiving.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use crate::channel::ChannelName;
+use crate::config::NamespaceOptions;
+use crate::engine::{Engine, EngineError, HistoryResult};
+use crate::metrics::Metrics;
+use crate::protocol::{error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition};
+use crate::session::{Deliver, SessionControl};
+
+/// Bytes the broker has handed to one session that the session has not yet written out.
+/// Shared by the session and every shard, without locks.
+#[derive(Debug)]
+pub struct Outbox {
+    pending: AtomicUsize,
+    slow: AtomicBool,
+    limit: usize,
+}
+
+impl Outbox {
+    /// An empty outbox that holds at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            pending: AtomicUsize::new(0),
+            slow: AtomicBool::new(false),
+            limit,
+        }
+    }
+
+    /// Counts `n` more bytes, unless that would pass the limit.
+    fn try_reserve(&self, n: usize) -> bool {
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.limit {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// The session wrote (or dropped) `n` bytes it had been handed.
+    pub fn release(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Marks the session slow; true for the first caller only.
+    fn mark_slow(&self) -> bool {
+        !self.slow.swap(true, Ordering::AcqRel)
+    }
+
+    /// True once the session was found slow; it then drops everything still queued.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// Bytes currently queued.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// How the broker reaches one session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The connection id.
+    pub client: Arc<str>,
+    /// Client and user ids, for presence and join/leave.
+    pub info: ClientInfo,
+    /// Where frames for subscriptions go.
+    pub deliver: Recipient<Deliver>,
+    /// Where subscribe failures and close orders go.
+    pub control: Recipient<SessionControl>,
+    /// The session's unsent-bytes account.
+    pub outbox: Arc<Outbox>,
+}
+
+impl SessionHandle {
+    /// Hands a frame to the session; false when the session is (now) a slow consumer.
+    fn send(&self, sub_id: u64, frame: &ByteString, metrics: &Metrics) -> bool {
+        if self.outbox.is_slow() {
+            return false;
+        }
+        if !self.outbox.try_reserve(frame.len()) {
+            if self.outbox.mark_slow() {
+                metrics.slow_consumers.inc();
+                log::info!("slow consumer client={} pending={}", self.client, self.outbox.pending());
+                self.control.do_send(SessionControl::Close(CloseCode::SlowConsumer));
+            }
+            return false;
+        }
+        self.deliver.do_send(Deliver {
+            sub_id,
+            frame: frame.clone(),
+        });
+        true
+    }
+}
+
+/// Session → broker: subscribe a session to a channel. The broker answers through the
+/// session's recipients: a `subscribed` frame, or [`SessionControl::SubscribeFailed`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    /// Who subscribes.
+    pub session: SessionHandle,
+    /// The session's id for this subscription; frames carry it back.
+    pub sub_id: u64,
+    /// The channel.
+    pub channel: ChannelName,
+    /// The command's id, echoed in the reply.
+    pub id: Option<Id>,
+    /// Recover from this position.
+    pub since: Option<StreamPosition>,
+    /// The channel's namespace options.
+    pub ns: NamespaceOptions,
+}
+
+/// Session → broker: leave one channel (the session already answered `unsubscribed`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// Who leaves.
+    pub client: Arc<str>,
+    /// The channel.
+    pub channel: ChannelName,
+}
+
+/// Session → broker: the session is closing; leave every listed channel of this shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// Who leaves.
+    pub client: Arc<str>,
+    /// Its channels on this shard.
+    pub channels: Vec<ChannelName>,
+}
+
+/// Engine → broker: a publication of a channel this node is subscribed to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnginePublication {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its offset.
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: Arc<str>,
+    /// The ready `message` frame.
+    pub frame: ByteString,
+}
+
+/// Engine → broker: a ready push (join/leave) for live subscribers of a channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnginePush {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The frame.
+    pub frame: ByteString,
+}
+
+/// API → broker: this shard's channels and their local subscriber counts.
+#[derive(Message)]
+#[rtype(result = "Vec<(String, usize)>")]
+pub struct ChannelCounts;
+
+/// Shard → itself: the engine finished (or failed) subscribing the node to a channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NodeSubscribed {
+    channel: ChannelName,
+    result: Result<(), EngineError>,
+}
+
+/// Shard → itself: presence and history for a joining subscriber are ready.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct JoinReady {
+    channel: ChannelName,
+    client: Arc<str>,
+    sub_id: u64,
+    result: Result<HistoryResult, EngineError>,
+}
+
+struct Buffered {
+    offset: u64,
+    epoch: Arc<str>,
+    frame: ByteString,
+}
+
+struct Subscriber {
+    session: SessionHandle,
+    sub_id: u64,
+    id: Option<Id>,
+    since: Option<StreamPosition>,
+    ns: NamespaceOptions,
+    /// `Some` while joining: live publications held back until `subscribed` is sent.
+    joining: Option<Vec<Buffered>>,
+}
+
+#[derive(PartialEq, Eq)]
+enum NodeState {
+    Subscribing,
+    Subscribed,
+}
+
+struct ChannelEntry {
+    subscribers: HashMap<Arc<str>, Subscriber>,
+    node: NodeState,
+    /// Clients waiting for the node subscription before reading history.
+    waiting: Vec<Arc<str>>,
+    /// Epoch of the last publication seen, to notice a reset.
+    epoch: Option<Arc<str>>,
+}
+
+/// One shard of the broker.
+pub struct BrokerShard {
+    engine: Arc<dyn Engine>,
+    metrics: Metrics,
+    channels: HashMap<ChannelName, ChannelEntry>,
+}
+
+impl Actor for BrokerShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Publications for one shard arrive from every session and engine thread; a
+        // bounded mailbox would make those senders block or fail, so it stays unbounded
+        // and memory is bounded per session by the outbox instead.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl BrokerShard {
+    fn start_join(&mut self, channel: &ChannelName, client: Arc<str>, ctx: &mut Context<Self>) {
+        let Some(sub) = self
+            .channels
+            .get(channel)
+            .and_then(|e| e.subscribers.get(&client))
+        else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let addr = ctx.address();
+        let channel = channel.clone();
+        let info = sub.session.info.clone();
+        let since = sub.since.clone();
+        let sub_id = sub.sub_id;
+        let ns = sub.ns.clone();
+        actix::spawn(async move {
+            let result = async {
+                if ns.presence {
+                    engine.presence_add(&channel, &info, &ns).await?;
+                }
+                let limit = if since.is_some() { ns.history_size } else { 0 };
+                engine.history(&channel, since.as_ref(), limit, &ns).await
+            }
+            .await;
+            addr.do_send(JoinReady {
+                channel,
+                client,
+                sub_id,
+                result,
+            });
+        });
+    }
+
+    /// Removes a subscriber, cleans presence, sends `leave`, and unsubscribes the node from
+    /// the channel when it was the last local subscriber.
+    fn remove(&mut self, channel: &ChannelName, client: &str) {
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(sub) = entry.subscribers.remove(client) else {
+            return;
+        };
+        entry.waiting.retain(|c| &**c != client);
+        self.metrics.subscriptions.dec();
+        let engine = self.engine.clone();
+        let ch = channel.clone();
+        let was_live = sub.joining.is_none();
+        let info = sub.session.info.clone();
+        let ns = sub.ns.clone();
+        actix::spawn(async move {
+            if ns.presence {
+                if let Err(e) = engine.presence_remove(&ch, &info.client).await {
+                    log::warn!("presence remove failed channel={ch} client={}: {e}", info.client);
+                }
+            }
+            if ns.join_leave && was_live {
+                let frame = ServerFrame::Leave {
+                    channel: ch.as_str(),
+                    info: &info,
+                }
+                .to_text();
+                if let Err(e) = engine.push(&ch, frame).await {
+                    log::warn!("leave push failed channel={ch}: {e}");
+                }
+            }
+        });
+        if entry.subscribers.is_empty() && entry.node == NodeState::Subscribed {
+            self.channels.remove(channel);
+            self.metrics.channels.dec();
+            let engine = self.engine.clone();
+            let ch = channel.clone();
+            actix::spawn(async move {
+                if let Err(e) = engine.unsubscribe_node(&ch).await {
+                    log::warn!("node unsubscribe failed channel={ch}: {e}");
+                }
+            });
+        }
+    }
+
+    /// Delivers `frame` to every live subscriber of the entry, buffers it for joining ones,
+    /// and evicts subscribers that turned out to be slow.
+    fn fan_out(&mut self, channel: &ChannelName, frame: &ByteString, position: Option<(u64, &Arc<str>)>) {
+        let Some(entry) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let mut slow: Vec<Arc<str>> = Vec::new();
+        let mut delivered = 0u64;
+        for (client, sub) in entry.subscribers.iter_mut() {
+            match (&mut sub.joining, position) {
+                (Some(buffer), Some((offset, epoch))) => buffer.push(Buffered {
+                    offset,
+                    epoch: epoch.clone(),
+                    frame: frame.clone(),
+                }),
+                // Pushes (join/leave/reset) are not part of the stream: a joining
+                // subscriber does not get them.
+                (Some(_), None) => {}
+                (None, _) => {
+                    if sub.session.send(sub.sub_id, frame, &self.metrics) {
+                        delivered += 1;
+                    } else {
+                        slow.push(client.clone());
+                    }
+                }
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered);
+        for client in slow {
+            self.remove(channel, &client);
+        }
+    }
+}
+
+impl Handler<Subscribe> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let client = msg.session.client.clone();
+        let is_new = !self.channels.contains_key(&msg.channel);
+        let entry = self
+            .channels
+            .entry(msg.channel.clone())
+            .or_insert_with(|| ChannelEntry {
+                subscribers: HashMap::new(),
+                node: NodeState::Subscribing,
+                waiting: Vec::new(),
+                epoch: None,
+            });
+        if let Some(old) = entry.subscribers.remove(&client) {
+            // The session guards against double subscribes; a leftover here means an
+            // unsubscribe raced a resubscribe, and the new one replaces it.
+            log::debug!("replacing subscription client={client} sub={}", old.sub_id);
+            self.metrics.subscriptions.dec();
+        }
+        entry.subscribers.insert(
+            client.clone(),
+            Subscriber {
+                session: msg.session,
+                sub_id: msg.sub_id,
+                id: msg.id,
+                since: msg.since,
+                ns: msg.ns,
+                joining: Some(Vec::new()),
+            },
+        );
+        self.metrics.subscriptions.inc();
+        if is_new {
+            self.metrics.channels.inc();
+            entry.waiting.push(client);
+            let engine = self.engine.clone();
+            let addr = ctx.address();
+            let channel = msg.channel.clone();
+            actix::spawn(async move {
+                let result = engine.subscribe_node(&channel).await;
+                addr.do_send(NodeSubscribed { channel, result });
+            });
+        } else if entry.node == NodeState::Subscribing {
+            entry.waiting.push(client);
+        } else {
+            self.start_join(&msg.channel, client, ctx);
+        }
+    }
+}
+
+impl Handler<NodeSubscribed> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeSubscribed, ctx: &mut Context<Self>) {
+        let Some(entry) = self.channels.get_mut(&msg.channel) else {
+            return;
+        };
+        match msg.result {
+            Ok(()) => {
+                entry.node = NodeState::Subscribed;
+                if entry.subscribers.is_empty() {
+                    // Everyone left while the node was subscribing.
+                    self.channels.remove(&msg.channel);
+                    self.metrics.channels.dec();
+                    let engine = self.engine.clone();
+                    actix::spawn(async move {
+                        let _ = engine.unsubscribe_node(&msg.channel).await;
+                    });
+                    return;
+                }
+                for client in std::mem::take(&mut entry.waiting) {
+                    self.start_join(&msg.channel, client, ctx);
+                }
+            }
+            Err(e) => {
+                log::warn!("node subscribe failed channel={}: {e}", msg.channel);
+                if let Some(entry) = self.channels.remove(&msg.channel) {
+                    self.metrics.channels.dec();
+                    for (_, sub) in entry.subscribers {
+                        self.metrics.subscriptions.dec();
+                        sub.session.control.do_send(SessionControl::SubscribeFailed {
+                            sub_id: sub.sub_id,
+                            channel: msg.channel.clone(),
+                            frame: error_frame(
+                                sub.id.as_ref(),
+                                ErrorCode::Unavailable,
+                                "the engine cannot subscribe now; try again",
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<JoinReady> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: JoinReady, _ctx: &mut Context<Self>) {
+        let Some(entry) = self.channels.get_mut(&msg.channel) else {
+            return;
+        };
+        let Some(sub) = entry.subscribers.get_mut(&msg.client) else {
+            return;
+        };
+        if sub.sub_id != msg.sub_id {
+            return;
+        }
+        let history = match msg.result {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("join failed channel={} client={}: {e}", msg.channel, msg.client);
+                let control = sub.session.control.clone();
+                let frame = error_frame(
+                    sub.id.as_ref(),
+                    ErrorCode::Unavailable,
+                    "the engine cannot serve this subscription now; try again",
+                );
+                let sub_id = sub.sub_id;
+                self.remove(&msg.channel, &msg.client);
+                control.do_send(SessionControl::SubscribeFailed {
+                    sub_id,
+                    channel: msg.channel,
+                    frame,
+                });
+                return;
+            }
+        };
+        let (recovered, publications) = match &sub.since {
+            Some(_) if history.recovered => (Some(true), Some(&history.publications[..])),
+            Some(_) => (Some(false), Some(&[][..])),
+            None => (None, None),
+        };
+        let reply = ServerFrame::Subscribed {
+            id: sub.id.as_ref(),
+            channel: msg.channel.as_str(),
+            offset: history.offset,
+            epoch: &history.epoch,
+            recovered,
+            publications,
+        }
+        .to_text();
+        let buffered = sub.joining.take().unwrap_or_default();
+        let mut ok = sub.session.send(sub.sub_id, &reply, &self.metrics);
+        for b in buffered {
+            if !ok {
+                break;
+            }
+            if b.epoch == history.epoch && b.offset <= history.offset {
+                continue;
+            }
+            ok = sub.session.send(sub.sub_id, &b.frame, &self.metrics);
+        }
+        if entry.epoch.is_none() {
+            entry.epoch = Some(history.epoch.clone());
+        }
+        if !ok {
+            self.remove(&msg.channel, &msg.client);
+            return;
+        }
+        if sub.ns.join_leave {
+            let engine = self.engine.clone();
+            let info = sub.session.info.clone();
+            let ch = msg.channel.clone();
+            actix::spawn(async move {
+                let frame = ServerFrame::Join {
+                    channel: ch.as_str(),
+                    info: &info,
+                }
+                .to_text();
+                if let Err(e) = engine.push(&ch, frame).await {
+                    log::warn!("join push failed channel={ch}: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Context<Self>) {
+        self.remove(&msg.channel, &msg.client);
+    }
+}
+
+impl Handler<Leave> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
+        for channel in &msg.channels {
+            self.remove(channel, &msg.client);
+        }
+    }
+}
+
+impl Handler<EnginePublication> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnginePublication, _ctx: &mut Context<Self>) {
+        let Some(entry) = self.channels.get_mut(&msg.channel) else {
+            return;
+        };
+        if let Some(old) = &entry.epoch {
+            if *old != msg.epoch {
+                // The engine lost the channel's stream: tell live subscribers to resync.
+                let reset = ServerFrame::Reset {
+                    channel: msg.channel.as_str(),
+                    epoch: &msg.epoch,
+                }
+                .to_text();
+                entry.epoch = Some(msg.epoch.clone());
+                self.fan_out(&msg.channel, &reset, None);
+            }
+        } else {
+            entry.epoch = Some(msg.epoch.clone());
+        }
+        self.fan_out(&msg.channel, &msg.frame, Some((msg.offset, &msg.epoch)));
+    }
+}
+
+impl Handler<EnginePush> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnginePush, _ctx: &mut Context<Self>) {
+        self.fan_out(&msg.channel, &msg.frame, None);
+    }
+}
+
+impl Handler<ChannelCounts> for BrokerShard {
+    type Result = MessageResult<ChannelCounts>;
+
+    fn handle(&mut self, _msg: ChannelCounts, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.channels
+                .iter()
+                .filter(|(_, e)| !e.subscribers.is_empty())
+                .map(|(c, e)| (c.to_string(), e.subscribers.len()))
+                .collect(),
+        )
+    }
+}
+
+/// The broker as the rest of the node sees it: routes each message to its channel's shard.
+#[derive(Clone)]
+pub struct Broker {
+    shards: Arc<Vec<Addr<BrokerShard>>>,
+    /// Keeps the shard threads alive for as long as the broker is.
+    _arbiters: Arc<Vec<ArbiterGuard>>,
+}
+
+/// Stops a shard's arbiter thread when the last broker handle goes away.
+struct ArbiterGuard(Arbiter);
+
+impl Drop for ArbiterGuard {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+impl Broker {
+    /// Starts `shards` shard actors, each on its own arbiter thread.
+    pub fn start(shards: usize, engine: Arc<dyn Engine>, metrics: Metrics) -> Broker {
+        let mut addrs = Vec::with_capacity(shards);
+        let mut arbiters = Vec::with_capacity(shards);
+        for _ in 0..shards.max(1) {
+            let arbiter = Arbiter::new();
+            let engine = engine.clone();
+            let metrics = metrics.clone();
+            let addr = BrokerShard::start_in_arbiter(&arbiter.handle(), move |_| BrokerShard {
+                engine,
+                metrics,
+                channels: HashMap::new(),
+            });
+            addrs.push(addr);
+            arbiters.push(ArbiterGuard(arbiter));
+        }
+        Broker {
+            shards: Arc::new(addrs),
+            _arbiters: Arc::new(arbiters),
+        }
+    }
+
+    fn index(&self, channel: &ChannelName) -> usize {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        (h.finish() as usize) % self.shards.len()
+    }
+
+    /// The shard that owns `channel`.
+    pub fn shard(&self, channel: &ChannelName) -> &Addr<BrokerShard> {
+        &self.shards[self.index(channel)]
+    }
+
+    /// Routes a subscribe.
+    pub fn subscribe(&self, msg: Subscribe) {
+        self.shard(&msg.channel).do_send(msg);
+    }
+
+    /// Routes an unsubscribe.
+    pub fn unsubscribe(&self, client: Arc<str>, channel: ChannelName) {
+        self.shard(&channel).do_send(Unsubscribe { client, channel });
+    }
+
+    /// Removes a closing session from all its channels, one message per shard involved.
+    pub fn leave(&self, client: &Arc<str>, channels: impl IntoIterator<Item = ChannelName>) {
+        let mut per_shard: HashMap<usize, Vec<ChannelName>> = HashMap::new();
+        for c in channels {
+            per_shard.entry(self.index(&c)).or_default().push(c);
+        }
+        for (i, channels) in per_shard {
+            self.shards[i].do_send(Leave {
+                client: client.clone(),
+                channels,
+            });
+        }
+    }
+
+    /// Routes an engine publication to its shard.
+    pub fn publication(&self, msg: EnginePublication) {
+        self.shard(&msg.channel).do_send(msg);
+    }
+
+    /// Routes an engine push to its shard.
+    pub fn push(&self, msg: EnginePush) {
+        self.shard(&msg.channel).do_send(msg);
+    }
+
+    /// Local channels and subscriber counts, sorted by name.
+    pub async fn channel_counts(&self) -> Vec<(String, usize)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            if let Ok(mut part) = shard.send(ChannelCounts).await {
+                all.append(&mut part);
+            }
+        }
+        all.sort();
+        all
+    }
+}

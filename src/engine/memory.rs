@@ -1,0 +1,263 @@
+//! The embedded engine for a node that runs alone: offsets, epochs, bounded history with a
+//! TTL and presence live in this process, in lock shards keyed by channel. A publication is
+//! handed back to the node through the same [`EngineHandler`] a Redis message would take.
+//!
+//! The channel's lock is held while the publication is handed to the handler (a
+//! non-blocking mailbox send), so concurrent publishers on one channel reach the broker in
+//! offset order.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+use super::{
+    select_history, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry,
+    PublishResult,
+};
+use crate::channel::ChannelName;
+use crate::config::NamespaceOptions;
+use crate::protocol::{message_frame, ClientInfo, Publication, StreamPosition};
+
+/// Number of lock shards; a power of two comfortably above the core count.
+const LOCK_SHARDS: usize = 32;
+
+struct Entry {
+    publication: Publication,
+    expires: Instant,
+}
+
+struct ChannelState {
+    offset: u64,
+    epoch: Arc<str>,
+    history: VecDeque<Entry>,
+    /// When the last publication's history entry expires; the state may be dropped after.
+    idle_after: Instant,
+}
+
+impl ChannelState {
+    fn new() -> Self {
+        ChannelState {
+            offset: 0,
+            epoch: new_epoch(),
+            history: VecDeque::new(),
+            idle_after: Instant::now(),
+        }
+    }
+
+    fn drop_expired(&mut self, now: Instant) {
+        while self.history.front().is_some_and(|e| e.expires <= now) {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// A fresh random epoch: a process restart (or a channel forgotten after its history
+/// expired) starts a new one, so a client never recovers across it.
+fn new_epoch() -> Arc<str> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Arc::from(&id[..12])
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<ChannelName, ChannelState>,
+    presence: HashMap<ChannelName, HashMap<String, ClientInfo>>,
+}
+
+/// The in-memory engine.
+pub struct MemoryEngine {
+    node_id: String,
+    shards: Vec<Mutex<Shard>>,
+    handler: OnceLock<Arc<dyn EngineHandler>>,
+}
+
+impl MemoryEngine {
+    /// A new, empty engine for the node `node_id`.
+    pub fn new(node_id: &str) -> Self {
+        MemoryEngine {
+            node_id: node_id.to_string(),
+            shards: (0..LOCK_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            handler: OnceLock::new(),
+        }
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &Mutex<Shard> {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % LOCK_SHARDS]
+    }
+
+    /// Forgets channels whose history has expired and that nobody is present in, so memory
+    /// does not grow with every channel ever used. Called periodically by the node.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let Shard { channels, presence } = &mut *shard;
+            channels.retain(|name, state| {
+                state.drop_expired(now);
+                !(state.history.is_empty()
+                    && state.idle_after <= now
+                    && !presence.contains_key(name))
+            });
+        }
+    }
+
+    /// Channels whose state is held (for tests of the sweep).
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().channels.len()).sum()
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Arc<RawValue>,
+        info: Option<ClientInfo>,
+        ns: &NamespaceOptions,
+    ) -> Result<PublishResult, EngineError> {
+        let now = Instant::now();
+        let mut shard = self.shard(channel).lock();
+        let state = shard
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(ChannelState::new);
+        state.offset += 1;
+        let publication = Publication {
+            offset: state.offset,
+            data,
+            info,
+        };
+        let frame = message_frame(channel.as_str(), &publication);
+        let ttl: Duration = ns.history_ttl.0;
+        state.idle_after = now + ttl;
+        if ns.history_size > 0 && !ttl.is_zero() {
+            state.history.push_back(Entry {
+                publication,
+                expires: now + ttl,
+            });
+            while state.history.len() > ns.history_size {
+                state.history.pop_front();
+            }
+        }
+        state.drop_expired(now);
+        let result = PublishResult {
+            offset: state.offset,
+            epoch: state.epoch.clone(),
+        };
+        if let Some(h) = self.handler.get() {
+            h.on_publication(channel.clone(), result.offset, result.epoch.clone(), frame);
+        }
+        Ok(result)
+    }
+
+    async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError> {
+        if let Some(h) = self.handler.get() {
+            h.on_push(channel.clone(), frame);
+        }
+        Ok(())
+    }
+
+    async fn subscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn unsubscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        _ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        let now = Instant::now();
+        let mut shard = self.shard(channel).lock();
+        let state = shard
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(ChannelState::new);
+        state.drop_expired(now);
+        let all: Vec<Publication> = state
+            .history
+            .iter()
+            .map(|e| e.publication.clone())
+            .collect();
+        Ok(select_history(&all, state.offset, &state.epoch, since, limit))
+    }
+
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        info: &ClientInfo,
+        _ns: &NamespaceOptions,
+    ) -> Result<(), EngineError> {
+        self.shard(channel)
+            .lock()
+            .presence
+            .entry(channel.clone())
+            .or_default()
+            .insert(info.client.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
+        let mut shard = self.shard(channel).lock();
+        if let Some(set) = shard.presence.get_mut(channel) {
+            set.remove(client);
+            if set.is_empty() {
+                shard.presence.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        let shard = self.shard(channel).lock();
+        let mut list: Vec<PresenceEntry> = shard
+            .presence
+            .get(channel)
+            .map(|set| {
+                set.values()
+                    .map(|i| PresenceEntry {
+                        client: i.client.clone(),
+                        user: i.user.clone(),
+                        node: self.node_id.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.client.cmp(&b.client));
+        Ok(list)
+    }
+
+    async fn channels(
+        &self,
+        local: Vec<(String, usize)>,
+    ) -> Result<Vec<(String, usize)>, EngineError> {
+        Ok(local)
+    }
+
+    async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError> {
+        Ok(self.handler.get().map_or(0, |h| h.disconnect_user(user)))
+    }
+}

@@ -1,0 +1,170 @@
+//! The engine seam: everything that crosses nodes or outlives one (offsets and epochs,
+//! history, presence, node-level channel subscriptions, cluster-wide control). The broker,
+//! the session and the HTTP API talk to an `Arc<dyn Engine>`; the engine talks back through
+//! one [`EngineHandler`], which is the only way a publication reaches local subscribers, for
+//! the memory engine as for Redis, so one delivery path is exercised by every test.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytestring::ByteString;
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelName;
+use crate::config::NamespaceOptions;
+use crate::protocol::{ClientInfo, Publication, StreamPosition};
+
+/// Why the engine could not do what was asked; the client sees `unavailable`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached or refused the command.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Offset and epoch given to a new publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishResult {
+    /// The publication's offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: Arc<str>,
+}
+
+/// A slice of a channel's history plus its current position.
+#[derive(Debug, Clone)]
+pub struct HistoryResult {
+    /// Latest offset of the channel (0 when nothing was published in this epoch).
+    pub offset: u64,
+    /// Current epoch.
+    pub epoch: Arc<str>,
+    /// Publications, oldest first.
+    pub publications: Vec<Publication>,
+    /// When `since` was given: true when its epoch matches and every publication after it
+    /// is in `publications` (so nothing was lost).
+    pub recovered: bool,
+}
+
+/// One presence entry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceEntry {
+    /// Connection id.
+    pub client: String,
+    /// User id (empty when anonymous).
+    pub user: String,
+    /// Node the connection is on.
+    pub node: String,
+}
+
+/// What an engine hands to the node: publications and pushes of channels this node
+/// subscribed to, and control commands from other nodes.
+pub trait EngineHandler: Send + Sync + 'static {
+    /// A publication, with its ready `message` frame.
+    fn on_publication(&self, channel: ChannelName, offset: u64, epoch: Arc<str>, frame: ByteString);
+    /// A `join`/`leave` push, ready to send.
+    fn on_push(&self, channel: ChannelName, frame: ByteString);
+    /// Disconnect this user's sessions on this node (4003); returns how many.
+    fn disconnect_user(&self, user: &str) -> usize;
+}
+
+/// The engine interface; both implementations pass the same conformance tests.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Installs the handler that receives publications; called once before use.
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>);
+
+    /// True when the engine can serve commands (connected and migrated).
+    fn is_ready(&self) -> bool;
+
+    /// Assigns the next offset, appends to history and delivers the publication to every
+    /// node subscribed to the channel (this one included).
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Arc<RawValue>,
+        info: Option<ClientInfo>,
+        ns: &NamespaceOptions,
+    ) -> Result<PublishResult, EngineError>;
+
+    /// Delivers a ready push (join/leave) to every node subscribed to the channel.
+    async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError>;
+
+    /// Starts receiving the channel's publications on this node.
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError>;
+
+    /// Stops receiving the channel's publications on this node.
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError>;
+
+    /// Reads history: with `since`, the first `limit` publications after it; without, the
+    /// newest `limit`. `limit` 0 returns only the position.
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError>;
+
+    /// Adds a connection to the channel's presence.
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        info: &ClientInfo,
+        ns: &NamespaceOptions,
+    ) -> Result<(), EngineError>;
+
+    /// Removes a connection from the channel's presence.
+    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError>;
+
+    /// Lists the channel's presence.
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;
+
+    /// Subscriber counts across the cluster, given this node's own.
+    async fn channels(
+        &self,
+        local: Vec<(String, usize)>,
+    ) -> Result<Vec<(String, usize)>, EngineError>;
+
+    /// Disconnects the user's sessions on every node; returns how many.
+    async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError>;
+}
+
+/// Selects the first `limit` publications after `since`, or the newest `limit`, from a
+/// history held oldest first; shared by engines whose history is read whole.
+pub fn select_history(
+    all: &[Publication],
+    latest: u64,
+    epoch: &Arc<str>,
+    since: Option<&StreamPosition>,
+    limit: usize,
+) -> HistoryResult {
+    let (publications, recovered) = match since {
+        Some(pos) => {
+            let same_epoch = *pos.epoch == **epoch;
+            let after: Vec<&Publication> = all.iter().filter(|p| p.offset > pos.offset).collect();
+            // Nothing was lost when the history still holds the publication right after
+            // `since`, or when `since` is already the latest offset.
+            let held = pos.offset == latest
+                || after.first().is_some_and(|p| p.offset == pos.offset + 1);
+            let recovered = same_epoch && pos.offset <= latest && held;
+            let pubs = if same_epoch {
+                after.into_iter().take(limit).cloned().collect()
+            } else {
+                Vec::new()
+            };
+            (pubs, recovered)
+        }
+        None => {
+            let skip = all.len().saturating_sub(limit);
+            (all[skip..].to_vec(), false)
+        }
+    };
+    HistoryResult {
+        offset: latest,
+        epoch: epoch.clone(),
+        publications,
+        recovered,
+    }
+}

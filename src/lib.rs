@@ -1,0 +1,28 @@
+//! Switchboard: a realtime WebSocket pub/sub server.
+//!
+//! Clients connect to `/ws`, speak the `switchboard.v1.json` subprotocol, subscribe to
+//! channels and publish; backends publish through `/api`. The layout follows the flow of a
+//! publication:
+//!
+//! - [`session`]: one actor per WebSocket (handshake, frames, limits, heartbeat);
+//! - [`broker`]: channel membership and fan-out, sharded by channel over threads;
+//! - [`engine`]: offsets, history, presence and cross-node delivery, behind one trait
+//!   (the in-process [`engine::memory`] engine today);
+//! - [`protocol`]: every frame on the wire, and the error and close code tables;
+//! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus;
+//! - [`auth`]: JWT verification and channel permissions; [`channel`]: channel names;
+//! - [`config`]: layered settings; [`node`]: the shared state of one node; [`registry`]:
+//!   the node's sessions; [`startup`]: building, serving and draining a node.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod registry;
+pub mod session;
+pub mod startup;

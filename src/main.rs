@@ -1,0 +1,59 @@
+//! The `switchboard` binary: parses flags, loads the configuration (exit code 2 when it is
+//! bad), sets up logging, and runs one node until SIGTERM or SIGINT. Everything else lives
+//! in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use switchboard::config::Settings;
+use switchboard::startup::{wait_for_signal, Application, StartupError};
+
+/// A realtime WebSocket pub/sub server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (default: config/default.toml when it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Load and check the configuration, print it, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!("{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let system = actix_web::rt::System::new();
+    let result = system.block_on(async move {
+        let app = Application::build(settings).await?;
+        let shutdown = app.shutdown_handle();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            shutdown.trigger();
+        });
+        app.run_until_stopped().await.map_err(StartupError::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(StartupError::Config(e)) => {
+            eprintln!("switchboard: configuration error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

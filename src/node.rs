@@ -1,0 +1,121 @@
+//! One Switchboard node: its settings, engine, broker, session registry and metrics, built
+//! once by `startup` and handed to every request handler and session (`web::Data<Node>`).
+//! Nothing here is global, so one process can run several nodes (the cluster tests do).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::auth::Verifier;
+use crate::broker::{Broker, EnginePublication, EnginePush};
+use crate::channel::ChannelName;
+use crate::config::{EngineKind, Namespaces, Settings};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{Engine, EngineHandler};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Shared state of a running node.
+pub struct Node {
+    /// This node's id (in `welcome` and presence).
+    pub id: String,
+    /// The loaded configuration.
+    pub settings: Settings,
+    /// Namespace options resolved against `[channels]`.
+    pub namespaces: Namespaces,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Offsets, history, presence, cross-node delivery.
+    pub engine: Arc<dyn Engine>,
+    /// Local fan-out.
+    pub broker: Broker,
+    /// Local sessions.
+    pub registry: Arc<Registry>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Set once shutdown begins: `/readyz` says 503 and handshakes are refused.
+    pub draining: AtomicBool,
+    /// The memory engine, when that is the kind in use (for its periodic sweep).
+    pub memory: Option<Arc<MemoryEngine>>,
+}
+
+/// Routes what the engine hands over into the broker and the registry.
+struct NodeHandler {
+    broker: Broker,
+    registry: Arc<Registry>,
+}
+
+impl EngineHandler for NodeHandler {
+    fn on_publication(&self, channel: ChannelName, offset: u64, epoch: Arc<str>, frame: ByteString) {
+        self.broker.publication(EnginePublication {
+            channel,
+            offset,
+            epoch,
+            frame,
+        });
+    }
+
+    fn on_push(&self, channel: ChannelName, frame: ByteString) {
+        self.broker.push(EnginePush { channel, frame });
+    }
+
+    fn disconnect_user(&self, user: &str) -> usize {
+        self.registry.disconnect_user(user)
+    }
+}
+
+impl Node {
+    /// Builds a node; must run inside an actix system (the broker starts arbiters).
+    pub async fn build(settings: Settings) -> Result<Arc<Node>, String> {
+        let id = if settings.server.node_id.is_empty() {
+            let u = uuid::Uuid::new_v4().simple().to_string();
+            format!("node-{}", &u[..8])
+        } else {
+            settings.server.node_id.clone()
+        };
+        let verifier = Verifier::new(&settings.auth)?;
+        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let (engine, memory): (Arc<dyn Engine>, Option<Arc<MemoryEngine>>) =
+            match settings.engine.kind {
+                EngineKind::Memory => {
+                    let m = Arc::new(MemoryEngine::new(&id));
+                    (m.clone(), Some(m))
+                }
+                EngineKind::Redis => {
+                    return Err(
+                        "key `engine.kind`: the redis engine is not built into this version yet"
+                            .into(),
+                    )
+                }
+            };
+        let broker = Broker::start(settings.broker_shards(), engine.clone(), metrics.clone());
+        let registry = Arc::new(Registry::new(settings.limits.max_connections));
+        engine.set_handler(Arc::new(NodeHandler {
+            broker: broker.clone(),
+            registry: registry.clone(),
+        }));
+        Ok(Arc::new(Node {
+            id,
+            namespaces: Namespaces::new(&settings),
+            settings,
+            verifier,
+            engine,
+            broker,
+            registry,
+            metrics,
+            draining: AtomicBool::new(false),
+            memory,
+        }))
+    }
+
+    /// True while the node accepts new work.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Ready: engine connected and migrated, and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.engine.is_ready()
+    }
+}

@@ -1,0 +1,676 @@
+//! One WebSocket connection: the `/ws` handshake (origin, subprotocol, token, capacity, in
+//! the order the contract gives) and the session actor that follows it. The session parses
+//! frames, enforces the per-connection limits (message size, subscriptions, publish rate,
+//! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
+//! subscriptions, and writes frames out. It talks to the broker (subscriptions), the engine
+//! trait (publish, history, presence) and the registry; it never talks to Redis.
+//!
+//! This is the only module that knows actix-web-actors (deprecated upstream in favour of
+//! actix-ws), so moving off it touches one file.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use actix_http::ws::{CloseReason, Item, ProtocolError};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use bytes::BytesMut;
+use bytestring::ByteString;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::api::json_error;
+use crate::auth::{AuthError, Identity};
+use crate::broker::{Outbox, SessionHandle, Subscribe};
+use crate::channel::ChannelName;
+use crate::config::NamespaceOptions;
+use crate::engine::EngineError;
+use crate::node::Node;
+use crate::protocol::{
+    disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
+    Request, ServerFrame, StreamPosition, SUBPROTOCOL,
+};
+use crate::registry::Slot;
+
+/// Broker → session: a frame for one of the session's subscriptions. Its bytes were counted
+/// in the session's [`Outbox`] and are released when handled.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// The subscription it belongs to; frames of a subscription since left are dropped.
+    pub sub_id: u64,
+    /// The ready text frame.
+    pub frame: ByteString,
+}
+
+/// Broker or registry → session: control messages that are not subscription traffic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum SessionControl {
+    /// The broker could not complete a subscribe; `frame` is the error reply.
+    SubscribeFailed {
+        /// The failed subscription.
+        sub_id: u64,
+        /// Its channel.
+        channel: ChannelName,
+        /// The `error` frame to send.
+        frame: ByteString,
+    },
+    /// Close the connection with this code (slow consumer, operator disconnect, shutdown).
+    Close(CloseCode),
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `rate`.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        TokenBucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct PendingPublish {
+    id: Option<Id>,
+    channel: ChannelName,
+    data: Arc<RawValue>,
+    ns: NamespaceOptions,
+}
+
+/// The session actor.
+pub struct Session {
+    node: web::Data<Node>,
+    client: Arc<str>,
+    identity: Identity,
+    info: ClientInfo,
+    outbox: Arc<Outbox>,
+    /// Holds this connection's place under `limits.max_connections`.
+    _slot: Slot,
+    last_heard: Instant,
+    /// Channel → current subscription id.
+    subs: HashMap<ChannelName, u64>,
+    /// Subscription id → channel, to drop frames of subscriptions already left.
+    sub_ids: HashMap<u64, ChannelName>,
+    next_sub: u64,
+    /// Malformed commands in a row.
+    errors: u32,
+    bucket: TokenBucket,
+    /// Publishes wait here so that one connection's publications keep their order.
+    publishes: VecDeque<PendingPublish>,
+    publishing: bool,
+    /// A fragmented text message being reassembled.
+    fragment: Option<BytesMut>,
+    expiry: Option<SpawnHandle>,
+    /// The code this side closed with, for the log line.
+    closed_with: Option<u16>,
+}
+
+impl Session {
+    fn new(node: web::Data<Node>, identity: Identity, slot: Slot) -> Session {
+        let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+        let info = ClientInfo {
+            client: client.to_string(),
+            user: identity.user().to_string(),
+        };
+        let limits = &node.settings.limits;
+        Session {
+            outbox: Arc::new(Outbox::new(limits.max_pending_bytes)),
+            bucket: TokenBucket::new(limits.client_publish_rate),
+            node,
+            client,
+            identity,
+            info,
+            _slot: slot,
+            last_heard: Instant::now(),
+            subs: HashMap::new(),
+            sub_ids: HashMap::new(),
+            next_sub: 1,
+            errors: 0,
+            publishes: VecDeque::new(),
+            publishing: false,
+            fragment: None,
+            expiry: None,
+            closed_with: None,
+        }
+    }
+
+    fn session_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SessionHandle {
+        SessionHandle {
+            client: self.client.clone(),
+            info: self.info.clone(),
+            deliver: ctx.address().recipient(),
+            control: ctx.address().recipient(),
+            outbox: self.outbox.clone(),
+        }
+    }
+
+    /// Sends `disconnect`, then a Close frame with the same code, and stops.
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode) {
+        if self.closed_with.is_some() {
+            return;
+        }
+        self.closed_with = Some(code.code());
+        self.node.metrics.disconnected(code);
+        ctx.text(disconnect_frame(code));
+        ctx.close(Some(CloseReason {
+            code: code.code().into(),
+            description: Some(code.reason().to_string()),
+        }));
+        ctx.stop();
+    }
+
+    fn reply_error(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        id: Option<&Id>,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        if code.counts_as_malformed() {
+            self.errors += 1;
+            if self.errors > self.node.settings.limits.max_errors {
+                self.close(ctx, CloseCode::TooManyErrors);
+                return;
+            }
+        }
+        ctx.text(error_frame(id, code, message));
+    }
+
+    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(exp) = self.identity.claims.as_ref().and_then(|c| c.exp) else {
+            return;
+        };
+        let deadline = Duration::from_secs(exp) + self.node.settings.auth.leeway.0;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let wait = deadline.saturating_sub(now);
+        self.expiry = Some(ctx.run_later(wait, |act, ctx| {
+            act.close(ctx, CloseCode::TokenExpired);
+        }));
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match parse_command(text) {
+            Err(e) => self.reply_error(ctx, e.id.as_ref(), e.code, &e.message),
+            Ok(request) => {
+                self.errors = 0;
+                self.dispatch(request, ctx);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, request: Request, ctx: &mut ws::WebsocketContext<Self>) {
+        let Request { id, command } = request;
+        match command {
+            Command::Ping => ctx.text(ServerFrame::Pong { id: id.as_ref() }.to_text()),
+            Command::Subscribe { channel, since } => self.subscribe(id, channel, since, ctx),
+            Command::Unsubscribe { channel } => {
+                let Some(sub_id) = self.subs.remove(&channel) else {
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::NotSubscribed,
+                        "not subscribed to this channel",
+                    );
+                };
+                self.sub_ids.remove(&sub_id);
+                self.node
+                    .broker
+                    .unsubscribe(self.client.clone(), channel.clone());
+                ctx.text(
+                    ServerFrame::Unsubscribed {
+                        id: id.as_ref(),
+                        channel: channel.as_str(),
+                    }
+                    .to_text(),
+                );
+            }
+            Command::Publish { channel, data } => {
+                let ns = self.node.namespaces.get(channel.namespace()).clone();
+                if !self.identity.can_publish(&channel, &ns) {
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        "publishing to this channel is not allowed",
+                    );
+                }
+                if !self.bucket.take() {
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::RateLimited,
+                        "publishing faster than limits.client_publish_rate",
+                    );
+                }
+                self.publishes.push_back(PendingPublish {
+                    id,
+                    channel,
+                    data: Arc::from(data),
+                    ns,
+                });
+                self.pump_publishes(ctx);
+            }
+            Command::Presence { channel } => {
+                let ns = self.node.namespaces.get(channel.namespace());
+                if !self.identity.can_subscribe(&channel, ns) {
+                    return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "presence of this channel is not allowed");
+                }
+                if !ns.presence {
+                    return self.reply_error(ctx, id.as_ref(), ErrorCode::NotAvailable, "presence is off in this namespace");
+                }
+                let engine = self.node.engine.clone();
+                let fut = async move {
+                    let r = engine.presence(&channel).await;
+                    (channel, r)
+                };
+                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| match r {
+                    Ok(list) => {
+                        let clients: Vec<ClientInfo> = list
+                            .into_iter()
+                            .map(|e| ClientInfo { client: e.client, user: e.user })
+                            .collect();
+                        ctx.text(
+                            ServerFrame::Presence { id: id.as_ref(), channel: channel.as_str(), clients: &clients }
+                                .to_text(),
+                        );
+                    }
+                    Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                }));
+            }
+            Command::History { channel, since, limit } => {
+                let ns = self.node.namespaces.get(channel.namespace()).clone();
+                if !self.identity.can_subscribe(&channel, &ns) {
+                    return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "history of this channel is not allowed");
+                }
+                if ns.history_size == 0 {
+                    return self.reply_error(ctx, id.as_ref(), ErrorCode::NotAvailable, "history is off in this namespace");
+                }
+                let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
+                let engine = self.node.engine.clone();
+                let fut = async move {
+                    let r = engine.history(&channel, since.as_ref(), limit, &ns).await;
+                    (channel, r)
+                };
+                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| match r {
+                    Ok(h) => ctx.text(
+                        ServerFrame::History {
+                            id: id.as_ref(),
+                            channel: channel.as_str(),
+                            offset: h.offset,
+                            epoch: &h.epoch,
+                            publications: &h.publications,
+                        }
+                        .to_text(),
+                    ),
+                    Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                }));
+            }
+            Command::Refresh { token } => self.refresh(id, &token, ctx),
+        }
+    }
+
+    fn engine_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, id: Option<&Id>, e: &EngineError) {
+        log::warn!("engine error client={}: {e}", self.client);
+        self.reply_error(ctx, id, ErrorCode::Unavailable, "the engine cannot take this command now; try again");
+    }
+
+    fn subscribe(
+        &mut self,
+        id: Option<Id>,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let ns = self.node.namespaces.get(channel.namespace()).clone();
+        if !self.identity.can_subscribe(&channel, &ns) {
+            return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "subscribing to this channel is not allowed");
+        }
+        if self.subs.contains_key(&channel) {
+            return self.reply_error(ctx, id.as_ref(), ErrorCode::AlreadySubscribed, "already subscribed to this channel");
+        }
+        if self.subs.len() >= self.node.settings.limits.max_subscriptions_per_connection {
+            return self.reply_error(
+                ctx,
+                id.as_ref(),
+                ErrorCode::LimitExceeded,
+                "limits.max_subscriptions_per_connection reached",
+            );
+        }
+        let sub_id = self.next_sub;
+        self.next_sub += 1;
+        self.subs.insert(channel.clone(), sub_id);
+        self.sub_ids.insert(sub_id, channel.clone());
+        let session = self.session_handle(ctx);
+        self.node.broker.subscribe(Subscribe {
+            session,
+            sub_id,
+            channel,
+            id,
+            since,
+            ns,
+        });
+    }
+
+    fn refresh(&mut self, id: Option<Id>, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let claims = match self.node.verifier.verify(token) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, &format!("refresh refused: {e}"));
+            }
+        };
+        if claims.sub != self.identity.user() {
+            return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "refresh token names another user");
+        }
+        let expires_at = claims.exp.unwrap_or(0);
+        self.identity.claims = Some(claims);
+        self.schedule_expiry(ctx);
+        ctx.text(ServerFrame::Refreshed { id: id.as_ref(), expires_at }.to_text());
+    }
+
+    /// Starts the next queued publish when none is in flight, so one connection's
+    /// publications reach the engine in the order they were sent.
+    fn pump_publishes(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.publishing {
+            return;
+        }
+        let Some(p) = self.publishes.pop_front() else {
+            return;
+        };
+        self.publishing = true;
+        let engine = self.node.engine.clone();
+        let info = self.info.clone();
+        let fut = async move {
+            let r = engine.publish(&p.channel, p.data, Some(info), &p.ns).await;
+            (p.id, p.channel, r)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(id, channel, r), act, ctx| {
+            act.publishing = false;
+            match r {
+                Ok(res) => {
+                    act.node.metrics.publications.inc();
+                    ctx.text(
+                        ServerFrame::Published {
+                            id: id.as_ref(),
+                            channel: channel.as_str(),
+                            offset: res.offset,
+                            epoch: &res.epoch,
+                        }
+                        .to_text(),
+                    );
+                }
+                Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+            }
+            act.pump_publishes(ctx);
+        }));
+    }
+
+    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let max = self.node.settings.limits.max_message_size;
+        let (bytes, last) = match item {
+            Item::FirstBinary(_) => return self.close(ctx, CloseCode::UnsupportedData),
+            Item::FirstText(b) => {
+                self.fragment = Some(BytesMut::new());
+                (b, false)
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some(buf) = self.fragment.as_mut() else {
+            // A continuation without a first frame: the peer broke RFC 6455.
+            log::info!("continuation without a first frame client={}", self.client);
+            ctx.close(Some(ws::CloseCode::Protocol.into()));
+            ctx.stop();
+            return;
+        };
+        if buf.len() + bytes.len() > max {
+            self.fragment = None;
+            return self.close(ctx, CloseCode::MessageTooBig);
+        }
+        buf.extend_from_slice(&bytes);
+        if last {
+            let whole = self.fragment.take().unwrap_or_default();
+            match std::str::from_utf8(&whole) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => self.close(ctx, CloseCode::InvalidPayload),
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Deliveries are bounded by the outbox, not by the mailbox.
+        ctx.set_mailbox_capacity(usize::MAX);
+        let node = self.node.clone();
+        node.metrics.connections.inc();
+        node.registry
+            .register(self.client.clone(), self.identity.user(), ctx.address().recipient());
+        log::info!(
+            "connection opened client={} user={:?} node={}",
+            self.client,
+            self.identity.user(),
+            node.id
+        );
+        let heartbeat = &node.settings.heartbeat;
+        ctx.text(
+            ServerFrame::Welcome {
+                client: &self.client,
+                node: &node.id,
+                user: self.identity.user(),
+                heartbeat_ms: heartbeat.interval.0.as_millis() as u64,
+                protocol: SUBPROTOCOL,
+            }
+            .to_text(),
+        );
+        let timeout = heartbeat.timeout.0;
+        ctx.run_interval(heartbeat.interval.0, move |act, ctx| {
+            if act.last_heard.elapsed() >= timeout {
+                act.close(ctx, CloseCode::HeartbeatTimeout);
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        self.schedule_expiry(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let node = &self.node;
+        node.broker.leave(&self.client, self.subs.drain().map(|(c, _)| c));
+        node.registry.unregister(&self.client);
+        node.metrics.connections.dec();
+        match self.closed_with {
+            Some(code) => log::info!("connection closed client={} code={code}", self.client),
+            None => log::info!("connection closed client={} code=peer", self.client),
+        }
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.outbox.release(msg.frame.len());
+        if self.closed_with.is_some() || self.outbox.is_slow() {
+            return;
+        }
+        if self.sub_ids.contains_key(&msg.sub_id) {
+            ctx.text(msg.frame);
+        }
+    }
+}
+
+impl Handler<SessionControl> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionControl, ctx: &mut Self::Context) {
+        match msg {
+            SessionControl::Close(code) => self.close(ctx, code),
+            SessionControl::SubscribeFailed {
+                sub_id,
+                channel,
+                frame,
+            } => {
+                if self.subs.get(&channel) == Some(&sub_id) {
+                    self.subs.remove(&channel);
+                    self.sub_ids.remove(&sub_id);
+                }
+                if self.closed_with.is_none() {
+                    ctx.text(frame);
+                }
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        if self.closed_with.is_some() {
+            return;
+        }
+        match msg {
+            Ok(ws::Message::Text(text)) => {
+                if self.fragment.is_some() {
+                    ctx.close(Some(ws::CloseCode::Protocol.into()));
+                    ctx.stop();
+                    return;
+                }
+                self.on_text(&text, ctx);
+            }
+            Ok(ws::Message::Binary(_)) => self.close(ctx, CloseCode::UnsupportedData),
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                log::debug!("client closed client={} reason={reason:?}", self.client);
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::MessageTooBig),
+            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+                self.close(ctx, CloseCode::InvalidPayload)
+            }
+            Err(e) => {
+                log::info!("protocol error client={}: {e}", self.client);
+                ctx.close(Some(ws::CloseCode::Protocol.into()));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks origin (403), subprotocol (400), token (401) and capacity (503), in
+/// that order, then upgrades and starts a [`Session`].
+pub async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    node: web::Data<Node>,
+) -> HttpResponse {
+    let refuse = |status: u16, code: &str, message: &str| {
+        node.metrics
+            .refused
+            .with_label_values(&[&status.to_string()])
+            .inc();
+        json_error(status, code, message)
+    };
+    if node.is_draining() {
+        return refuse(503, "unavailable", "the node is shutting down");
+    }
+    let allowed = &node.settings.server.allowed_origins;
+    if !allowed.iter().any(|o| o == "*") {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let ok = origin
+                .to_str()
+                .map(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+                .unwrap_or(false);
+            if !ok {
+                return refuse(403, "forbidden", "origin not allowed");
+            }
+        }
+    }
+    let mut offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if offered.peek().is_some() && !offered.any(|p| p == SUBPROTOCOL) {
+        return refuse(
+            400,
+            "bad_request",
+            "unsupported subprotocol: offer switchboard.v1.json",
+        );
+    }
+    let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string()) else {
+        return refuse(400, "bad_request", "malformed query string");
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string())
+        });
+    let token = query.into_inner().token.or(bearer).filter(|t| !t.is_empty());
+    let identity = match token {
+        None => Identity::default(),
+        Some(t) => match node.verifier.verify(&t) {
+            Ok(claims) => Identity {
+                claims: Some(claims),
+            },
+            Err(AuthError::Algorithm) => {
+                return refuse(401, "unauthorized", "token algorithm is not accepted")
+            }
+            Err(e) => return refuse(401, "unauthorized", &e.to_string()),
+        },
+    };
+    let Some(slot) = node.registry.try_reserve() else {
+        return refuse(503, "unavailable", "limits.max_connections reached");
+    };
+    let max = node.settings.limits.max_message_size;
+    let session = Session::new(node.clone(), identity, slot);
+    match ws::WsResponseBuilder::new(session, &req, stream)
+        .frame_size(max)
+        .protocols(&[SUBPROTOCOL])
+        .start()
+    {
+        Ok(resp) => resp,
+        Err(e) => json_error(400, "bad_request", &format!("not a WebSocket upgrade: {e}")),
+    }
+}

@@ -1,0 +1,208 @@
+//! Building and running a node: [`Application::build`] binds the listener (port 0 picks a
+//! free one, which tests use), builds the [`Node`] and the actix-web server;
+//! [`Application::run_until_stopped`] serves until a [`Shutdown`] is triggered (by SIGTERM or
+//! SIGINT in `main`, or by a test) and then drains: `/readyz` turns 503, new handshakes are
+//! refused, every session gets `disconnect` 1001 and a Close, and the server stops within
+//! `server.shutdown_timeout`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use tokio::sync::Notify;
+
+use crate::config::Settings;
+use crate::node::Node;
+use crate::protocol::CloseCode;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is unusable (exit code 2).
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// Binding or serving failed (exit code 1).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Triggers a graceful shutdown of one [`Application`]; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<Notify>);
+
+impl Shutdown {
+    /// Starts draining the node.
+    pub fn trigger(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// A built node, bound and ready to serve.
+pub struct Application {
+    addr: SocketAddr,
+    node: web::Data<Node>,
+    server: actix_web::dev::Server,
+    shutdown: Shutdown,
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, StartupError> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| {
+            StartupError::Config(format!("key `server.{what}`: cannot read {}: {e}", p.display()))
+        })
+    };
+    let cert_pem = read(cert, "tls_cert")?;
+    let key_pem = read(key, "tls_key")?;
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartupError::Config(format!("key `server.tls_cert`: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| StartupError::Config(format!("key `server.tls_key`: {e}")))?
+        .ok_or_else(|| StartupError::Config("key `server.tls_key`: no private key found".into()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| StartupError::Config(format!("key `server.tls_cert`: {e}")))
+}
+
+impl Application {
+    /// Builds the node and binds `server.bind`; must run inside an actix system.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
+            (Some(c), Some(k)) => Some(tls_config(c, k)?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(&settings.server.bind).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot bind {}: {e}", settings.server.bind))
+        })?;
+        let addr = listener.local_addr()?;
+        let workers = settings.server.workers;
+        let node = web::Data::from(Node::build(settings).await.map_err(StartupError::Config)?);
+        spawn_sweeper(&node);
+        let data = node.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/ws", web::get().to(crate::session::ws_route))
+                .configure(crate::api::configure)
+        })
+        .disable_signals()
+        .shutdown_timeout(1);
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        let server = match tls {
+            Some(cfg) => server.listen_rustls_0_23(listener, cfg)?,
+            None => server.listen(listener)?,
+        }
+        .run();
+        let scheme = if node.settings.server.tls_cert.is_some() { "https" } else { "http" };
+        log::info!("listening on {addr} scheme={scheme} node={}", node.id);
+        Ok(Application {
+            addr,
+            node,
+            server,
+            shutdown: Shutdown::default(),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The node, for tests that look inside.
+    pub fn node(&self) -> web::Data<Node> {
+        self.node.clone()
+    }
+
+    /// A handle that starts a graceful shutdown.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shut down, then drains.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            node,
+            server,
+            shutdown,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            r = &mut server => return r,
+            _ = shutdown.0.notified() => {}
+        }
+        drain(&node).await;
+        handle.stop(false).await;
+        server.await
+    }
+}
+
+/// Refuses new work, closes every session with 1001 `shutdown`, and waits for them to go
+/// (at most `server.shutdown_timeout`).
+async fn drain(node: &Node) {
+    node.draining.store(true, Ordering::Release);
+    let n = node.registry.close_all(CloseCode::Shutdown);
+    log::info!("draining node={} sessions={n}", node.id);
+    let deadline = Instant::now() + node.settings.server.shutdown_timeout.0;
+    while !node.registry.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = node.registry.len();
+    if left > 0 {
+        log::warn!("shutdown timeout with {left} sessions still open");
+    }
+    log::info!("stopped node={}", node.id);
+}
+
+/// Periodically forgets memory-engine channels whose history expired.
+fn spawn_sweeper(node: &web::Data<Node>) {
+    let Some(memory) = node.memory.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(&memory);
+    drop(memory);
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(m) => m.sweep(),
+                None => break,
+            }
+        }
+    });
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => log::info!("SIGTERM received"),
+                    _ = int.recv() => log::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
