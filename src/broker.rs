@@ -245,15 +245,11 @@ pub struct BrokerShard {
     channels: HashMap<ChannelName, ChannelEntry>,
 }
 
+// Every message to a shard is sent with `do_send`, which ignores the mailbox capacity:
+// publishers and engines must never block on a busy shard. Memory is bounded per session
+// by its outbox instead.
 impl Actor for BrokerShard {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Publications for one shard arrive from every session and engine thread; a
-        // bounded mailbox would make those senders block or fail, so it stays unbounded
-        // and memory is bounded per session by the outbox instead.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 impl BrokerShard {

@@ -468,8 +468,6 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Deliveries are bounded by the outbox, not by the mailbox.
-        ctx.set_mailbox_capacity(usize::MAX);
         let node = self.node.clone();
         node.metrics.connections.inc();
         node.registry

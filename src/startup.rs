@@ -142,9 +142,14 @@ impl Application {
             r = &mut server => return r,
             _ = shutdown.0.notified() => {}
         }
-        drain(&node).await;
-        handle.stop(false).await;
-        server.await
+        // The server future must keep being polled while it stops: it is what answers
+        // the stop command.
+        let stop = async {
+            drain(&node).await;
+            handle.stop(false).await;
+        };
+        let (result, ()) = tokio::join!(server, stop);
+        result
     }
 }
 
