@@ -39,9 +39,15 @@ impl Server {
 
     /// Starts the binary; `Err` carries the exit status and log when it did not come up.
     pub fn try_start(env: &[(&str, &str)]) -> Result<Server, (Option<i32>, String)> {
+        Self::try_start_with(&[], env)
+    }
+
+    /// Starts the binary with command-line `args` and `env`.
+    pub fn try_start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Server, (Option<i32>, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.current_dir(dir.path())
+        cmd.args(args)
+            .current_dir(dir.path())
             .env_clear()
             .env("RUST_LOG", "info,actix_server=warn")
             .env("SWITCHBOARD__SERVER__BIND", "127.0.0.1:0")
