@@ -91,7 +91,11 @@ async fn readyz(node: web::Data<Node>) -> HttpResponse {
     } else if node.is_draining() {
         json_error(503, "unavailable", "the node is draining")
     } else {
-        json_error(503, "unavailable", "the engine is not connected or not migrated")
+        json_error(
+            503,
+            "unavailable",
+            "the engine is not connected or not migrated",
+        )
     }
 }
 
@@ -105,7 +109,11 @@ async fn metrics(node: web::Data<Node>) -> HttpResponse {
 fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
     let keys = &node.settings.api.keys;
     if keys.is_empty() {
-        return Err(ApiError::new(401, "unauthorized", "the HTTP API is disabled: api.keys is empty"));
+        return Err(ApiError::new(
+            401,
+            "unauthorized",
+            "the HTTP API is disabled: api.keys is empty",
+        ));
     }
     let given = req
         .headers()
@@ -114,7 +122,9 @@ fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
         .map(|(_, key)| key.trim().as_bytes())
-        .ok_or_else(|| ApiError::new(401, "unauthorized", "missing `Authorization: apikey <key>`"))?;
+        .ok_or_else(|| {
+            ApiError::new(401, "unauthorized", "missing `Authorization: apikey <key>`")
+        })?;
     // Every key is compared, so the time taken does not say which one (if any) matched.
     let matched = keys
         .iter()
@@ -127,9 +137,19 @@ fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
 }
 
 /// Reads a body of at most `limits.max_message_size` bytes (413 past it).
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, node: &Node) -> Result<Bytes, ApiError> {
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    node: &Node,
+) -> Result<Bytes, ApiError> {
     let max = node.settings.limits.max_message_size;
-    let too_big = || ApiError::new(413, "too_large", "body is larger than limits.max_message_size");
+    let too_big = || {
+        ApiError::new(
+            413,
+            "too_large",
+            "body is larger than limits.max_message_size",
+        )
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -140,7 +160,8 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, node: &Node) ->
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(400, "bad_request", &format!("reading body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::new(400, "bad_request", &format!("reading body: {e}")))?;
         if body.len() + chunk.len() > max {
             return Err(too_big());
         }
@@ -150,7 +171,8 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, node: &Node) ->
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(400, "bad_request", &format!("invalid body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(400, "bad_request", &format!("invalid body: {e}")))
 }
 
 fn channel(name: &str) -> Result<ChannelName, ApiError> {
@@ -159,7 +181,11 @@ fn channel(name: &str) -> Result<ChannelName, ApiError> {
 
 fn unavailable(e: EngineError) -> ApiError {
     log::warn!("api engine error: {e}");
-    ApiError::new(503, "unavailable", "the engine cannot take this call now; nothing was published")
+    ApiError::new(
+        503,
+        "unavailable",
+        "the engine cannot take this call now; nothing was published",
+    )
 }
 
 fn namespace(node: &Node, channel: &ChannelName) -> NamespaceOptions {
@@ -238,7 +264,11 @@ async fn presence(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     authorize(&req, &node)?;
     let ch = channel(&path)?;
     if !namespace(&node, &ch).presence {
-        return Err(ApiError::new(404, "not_available", "presence is off in this namespace"));
+        return Err(ApiError::new(
+            404,
+            "not_available",
+            "presence is off in this namespace",
+        ));
     }
     let list = node.engine.presence(&ch).await.map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(json!({ "clients": list })))
@@ -260,13 +290,21 @@ async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node
         .into_inner();
     let ns = namespace(&node, &ch);
     if ns.history_size == 0 {
-        return Err(ApiError::new(404, "not_available", "history is off in this namespace"));
+        return Err(ApiError::new(
+            404,
+            "not_available",
+            "history is off in this namespace",
+        ));
     }
     let since = match (q.since_offset, q.epoch) {
         (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch }),
         (None, None) => None,
         _ => {
-            return Err(ApiError::new(400, "bad_request", "since_offset and epoch go together"));
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                "since_offset and epoch go together",
+            ));
         }
     };
     let limit = q.limit.unwrap_or(ns.history_size).min(ns.history_size);
@@ -295,6 +333,10 @@ async fn disconnect(req: HttpRequest, payload: web::Payload, node: web::Data<Nod
     if b.user.is_empty() {
         return Err(ApiError::new(400, "bad_request", "`user` is empty"));
     }
-    let n = node.engine.disconnect_user(&b.user).await.map_err(unavailable)?;
+    let n = node
+        .engine
+        .disconnect_user(&b.user)
+        .await
+        .map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(json!({ "disconnected": n })))
 }

@@ -51,7 +51,9 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let algs: Vec<_> = self.keys.iter().map(|(a, _)| a).collect();
-        f.debug_struct("Verifier").field("algorithms", &algs).finish()
+        f.debug_struct("Verifier")
+            .field("algorithms", &algs)
+            .finish()
     }
 }
 
@@ -61,7 +63,10 @@ impl Verifier {
     pub fn new(settings: &AuthSettings) -> Result<Verifier, String> {
         let mut keys = Vec::new();
         if let Some(secret) = settings.hmac_secret.as_deref().filter(|s| !s.is_empty()) {
-            keys.push((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())));
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            ));
         }
         if let Some(pem) = settings.public_key_pem.as_deref().filter(|s| !s.is_empty()) {
             let text = if pem.trim_start().starts_with("-----BEGIN") {
@@ -164,39 +169,73 @@ mod tests {
     #[test]
     fn hs256_round_trip_and_wrong_secret() {
         let v = Verifier::new(&settings("s3cret")).unwrap();
-        let claims = json!({"sub":"alice","exp":now()+60,"channels":["chat:*"],"publish":["chat:lobby"]});
-        let t = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let claims =
+            json!({"sub":"alice","exp":now()+60,"channels":["chat:*"],"publish":["chat:lobby"]});
+        let t = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         let c = v.verify(&t).unwrap();
         assert_eq!(c.sub, "alice");
         assert_eq!(c.channels, vec!["chat:*"]);
-        let bad = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"other")).unwrap();
+        let bad = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
         assert!(v.verify(&bad).is_err());
     }
 
     #[test]
     fn expired_and_alg_none_are_refused() {
         let v = Verifier::new(&settings("s")).unwrap();
-        let t = encode(&Header::default(), &json!({"sub":"a","exp":now()-10}), &EncodingKey::from_secret(b"s")).unwrap();
+        let t = encode(
+            &Header::default(),
+            &json!({"sub":"a","exp":now()-10}),
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
         assert!(v.verify(&t).is_err());
         // {"alg":"none","typ":"JWT"} . {"sub":"a"} . (empty signature)
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIn0.";
         assert!(v.verify(none).is_err());
-        let hs384 = encode(&Header::new(Algorithm::HS384), &json!({"sub":"a"}), &EncodingKey::from_secret(b"s")).unwrap();
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"sub":"a"}),
+            &EncodingKey::from_secret(b"s"),
+        )
+        .unwrap();
         assert!(matches!(v.verify(&hs384), Err(AuthError::Algorithm)));
     }
 
     #[test]
     fn permissions_follow_claims_and_namespace() {
         let ns_open = NamespaceOptions::default();
-        let ns_closed = NamespaceOptions { anonymous: false, ..NamespaceOptions::default() };
+        let ns_closed = NamespaceOptions {
+            anonymous: false,
+            ..NamespaceOptions::default()
+        };
         let ch = ChannelName::parse("chat:lobby").unwrap();
         let anon = Identity::default();
         assert!(anon.can_subscribe(&ch, &ns_open));
         assert!(!anon.can_subscribe(&ch, &ns_closed));
-        let user = Identity { claims: Some(Claims { sub: "u".into(), exp: None, channels: vec!["chat:*".into()], publish: vec![] }) };
+        let user = Identity {
+            claims: Some(Claims {
+                sub: "u".into(),
+                exp: None,
+                channels: vec!["chat:*".into()],
+                publish: vec![],
+            }),
+        };
         assert!(user.can_subscribe(&ch, &ns_closed));
         assert!(!user.can_publish(&ch, &ns_closed));
-        let no_pub = NamespaceOptions { allow_publish: false, ..NamespaceOptions::default() };
+        let no_pub = NamespaceOptions {
+            allow_publish: false,
+            ..NamespaceOptions::default()
+        };
         assert!(!anon.can_publish(&ch, &no_pub));
     }
 }

@@ -30,7 +30,9 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::{Engine, EngineError, HistoryResult};
 use crate::metrics::Metrics;
-use crate::protocol::{error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition};
+use crate::protocol::{
+    error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition,
+};
 use crate::session::{Deliver, SessionControl};
 
 /// Bytes the broker has handed to one session that the session has not yet written out.
@@ -108,8 +110,13 @@ impl SessionHandle {
         if !self.outbox.try_reserve(frame.len()) {
             if self.outbox.mark_slow() {
                 metrics.slow_consumers.inc();
-                log::info!("slow consumer client={} pending={}", self.client, self.outbox.pending());
-                self.control.do_send(SessionControl::Close(CloseCode::SlowConsumer));
+                log::info!(
+                    "slow consumer client={} pending={}",
+                    self.client,
+                    self.outbox.pending()
+                );
+                self.control
+                    .do_send(SessionControl::Close(CloseCode::SlowConsumer));
             }
             return false;
         }
@@ -305,7 +312,10 @@ impl BrokerShard {
         actix::spawn(async move {
             if ns.presence {
                 if let Err(e) = engine.presence_remove(&ch, &info.client).await {
-                    log::warn!("presence remove failed channel={ch} client={}: {e}", info.client);
+                    log::warn!(
+                        "presence remove failed channel={ch} client={}: {e}",
+                        info.client
+                    );
                 }
             }
             if ns.join_leave && was_live {
@@ -334,7 +344,12 @@ impl BrokerShard {
 
     /// Delivers `frame` to every live subscriber of the entry, buffers it for joining ones,
     /// and evicts subscribers that turned out to be slow.
-    fn fan_out(&mut self, channel: &ChannelName, frame: &ByteString, position: Option<(u64, &Arc<str>)>) {
+    fn fan_out(
+        &mut self,
+        channel: &ChannelName,
+        frame: &ByteString,
+        position: Option<(u64, &Arc<str>)>,
+    ) {
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
@@ -447,15 +462,17 @@ impl Handler<NodeSubscribed> for BrokerShard {
                     self.metrics.channels.dec();
                     for (_, sub) in entry.subscribers {
                         self.metrics.subscriptions.dec();
-                        sub.session.control.do_send(SessionControl::SubscribeFailed {
-                            sub_id: sub.sub_id,
-                            channel: msg.channel.clone(),
-                            frame: error_frame(
-                                sub.id.as_ref(),
-                                ErrorCode::Unavailable,
-                                "the engine cannot subscribe now; try again",
-                            ),
-                        });
+                        sub.session
+                            .control
+                            .do_send(SessionControl::SubscribeFailed {
+                                sub_id: sub.sub_id,
+                                channel: msg.channel.clone(),
+                                frame: error_frame(
+                                    sub.id.as_ref(),
+                                    ErrorCode::Unavailable,
+                                    "the engine cannot subscribe now; try again",
+                                ),
+                            });
                     }
                 }
             }
@@ -479,7 +496,11 @@ impl Handler<JoinReady> for BrokerShard {
         let history = match msg.result {
             Ok(h) => h,
             Err(e) => {
-                log::warn!("join failed channel={} client={}: {e}", msg.channel, msg.client);
+                log::warn!(
+                    "join failed channel={} client={}: {e}",
+                    msg.channel,
+                    msg.client
+                );
                 let control = sub.session.control.clone();
                 let frame = error_frame(
                     sub.id.as_ref(),
@@ -669,7 +690,8 @@ impl Broker {
 
     /// Routes an unsubscribe.
     pub fn unsubscribe(&self, client: Arc<str>, channel: ChannelName) {
-        self.shard(&channel).do_send(Unsubscribe { client, channel });
+        self.shard(&channel)
+            .do_send(Unsubscribe { client, channel });
     }
 
     /// Removes a closing session from all its channels, one message per shard involved.

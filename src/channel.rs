@@ -103,16 +103,16 @@ mod tests {
             ChannelName::parse("chat lobby"),
             Err(InvalidChannel::BadCharacter)
         );
-        assert_eq!(
-            ChannelName::parse("ché"),
-            Err(InvalidChannel::BadCharacter)
-        );
+        assert_eq!(ChannelName::parse("ché"), Err(InvalidChannel::BadCharacter));
         assert!(ChannelName::parse("user@x=1/a.b_c-d:e").is_ok());
     }
 
     #[test]
     fn namespace_is_the_part_before_the_first_colon() {
-        assert_eq!(ChannelName::parse("chat:lobby:1").unwrap().namespace(), "chat");
+        assert_eq!(
+            ChannelName::parse("chat:lobby:1").unwrap().namespace(),
+            "chat"
+        );
         assert_eq!(ChannelName::parse("lobby").unwrap().namespace(), "");
         assert_eq!(ChannelName::parse(":x").unwrap().namespace(), "");
     }

@@ -59,7 +59,7 @@ fn secs(s: u64) -> HumanDuration {
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Listening socket, origins, shutdown, TLS.
@@ -291,21 +291,6 @@ impl NamespaceOverrides {
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            server: ServerSettings::default(),
-            heartbeat: HeartbeatSettings::default(),
-            engine: EngineSettings::default(),
-            auth: AuthSettings::default(),
-            api: ApiSettings::default(),
-            limits: LimitSettings::default(),
-            channels: NamespaceOptions::default(),
-            namespaces: HashMap::new(),
-        }
-    }
-}
-
 /// Namespace options resolved once at start-up, looked up per command.
 #[derive(Debug, Clone)]
 pub struct Namespaces {
@@ -378,9 +363,7 @@ impl Settings {
             environment = environment.with_list_parse_key(key);
         }
         builder = builder.add_source(environment);
-        let raw = builder
-            .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
         let settings: Settings = raw
             .try_deserialize()
             .map_err(|e| ConfigError(e.to_string()))?;
@@ -392,13 +375,19 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
-            return err("server.bind", "must be an address such as \"127.0.0.1:8080\"");
+            return err(
+                "server.bind",
+                "must be an address such as \"127.0.0.1:8080\"",
+            );
         }
         if self.heartbeat.interval.0.is_zero() {
             return err("heartbeat.interval", "must be more than zero");
         }
         if self.heartbeat.timeout.0 <= self.heartbeat.interval.0 {
-            return err("heartbeat.timeout", "must be longer than heartbeat.interval");
+            return err(
+                "heartbeat.timeout",
+                "must be longer than heartbeat.interval",
+            );
         }
         if self.limits.max_message_size < 64 {
             return err("limits.max_message_size", "must be at least 64 bytes");
@@ -416,15 +405,23 @@ impl Settings {
             return err("limits.max_connections", "must be more than zero");
         }
         if self.engine.prefix.is_empty() || self.engine.prefix.contains(['{', '}', ' ']) {
-            return err("engine.prefix", "must be non-empty, without braces or spaces");
+            return err(
+                "engine.prefix",
+                "must be non-empty, without braces or spaces",
+            );
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return err("server.tls_cert", "tls_cert and tls_key go together");
         }
         for name in self.namespaces.keys() {
-            if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':')
+            if name.is_empty()
+                || !name.bytes().all(crate::channel::is_channel_byte)
+                || name.contains(':')
             {
-                return err(&format!("namespaces.{name}"), "is not a valid namespace name");
+                return err(
+                    &format!("namespaces.{name}"),
+                    "is not a valid namespace name",
+                );
             }
         }
         Ok(())

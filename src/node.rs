@@ -47,7 +47,13 @@ struct NodeHandler {
 }
 
 impl EngineHandler for NodeHandler {
-    fn on_publication(&self, channel: ChannelName, offset: u64, epoch: Arc<str>, frame: ByteString) {
+    fn on_publication(
+        &self,
+        channel: ChannelName,
+        offset: u64,
+        epoch: Arc<str>,
+        frame: ByteString,
+    ) {
         self.broker.publication(EnginePublication {
             channel,
             offset,

@@ -280,37 +280,71 @@ impl Session {
             Command::Presence { channel } => {
                 let ns = self.node.namespaces.get(channel.namespace());
                 if !self.identity.can_subscribe(&channel, ns) {
-                    return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "presence of this channel is not allowed");
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        "presence of this channel is not allowed",
+                    );
                 }
                 if !ns.presence {
-                    return self.reply_error(ctx, id.as_ref(), ErrorCode::NotAvailable, "presence is off in this namespace");
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::NotAvailable,
+                        "presence is off in this namespace",
+                    );
                 }
                 let engine = self.node.engine.clone();
                 let fut = async move {
                     let r = engine.presence(&channel).await;
                     (channel, r)
                 };
-                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| match r {
-                    Ok(list) => {
-                        let clients: Vec<ClientInfo> = list
-                            .into_iter()
-                            .map(|e| ClientInfo { client: e.client, user: e.user })
-                            .collect();
-                        ctx.text(
-                            ServerFrame::Presence { id: id.as_ref(), channel: channel.as_str(), clients: &clients }
-                                .to_text(),
-                        );
-                    }
-                    Err(e) => act.engine_error(ctx, id.as_ref(), &e),
-                }));
+                ctx.spawn(
+                    fut.into_actor(self)
+                        .map(move |(channel, r), act, ctx| match r {
+                            Ok(list) => {
+                                let clients: Vec<ClientInfo> = list
+                                    .into_iter()
+                                    .map(|e| ClientInfo {
+                                        client: e.client,
+                                        user: e.user,
+                                    })
+                                    .collect();
+                                ctx.text(
+                                    ServerFrame::Presence {
+                                        id: id.as_ref(),
+                                        channel: channel.as_str(),
+                                        clients: &clients,
+                                    }
+                                    .to_text(),
+                                );
+                            }
+                            Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                        }),
+                );
             }
-            Command::History { channel, since, limit } => {
+            Command::History {
+                channel,
+                since,
+                limit,
+            } => {
                 let ns = self.node.namespaces.get(channel.namespace()).clone();
                 if !self.identity.can_subscribe(&channel, &ns) {
-                    return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "history of this channel is not allowed");
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::Forbidden,
+                        "history of this channel is not allowed",
+                    );
                 }
                 if ns.history_size == 0 {
-                    return self.reply_error(ctx, id.as_ref(), ErrorCode::NotAvailable, "history is off in this namespace");
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::NotAvailable,
+                        "history is off in this namespace",
+                    );
                 }
                 let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
                 let engine = self.node.engine.clone();
@@ -318,27 +352,39 @@ impl Session {
                     let r = engine.history(&channel, since.as_ref(), limit, &ns).await;
                     (channel, r)
                 };
-                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| match r {
-                    Ok(h) => ctx.text(
-                        ServerFrame::History {
-                            id: id.as_ref(),
-                            channel: channel.as_str(),
-                            offset: h.offset,
-                            epoch: &h.epoch,
-                            publications: &h.publications,
-                        }
-                        .to_text(),
-                    ),
-                    Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| {
+                    match r {
+                        Ok(h) => ctx.text(
+                            ServerFrame::History {
+                                id: id.as_ref(),
+                                channel: channel.as_str(),
+                                offset: h.offset,
+                                epoch: &h.epoch,
+                                publications: &h.publications,
+                            }
+                            .to_text(),
+                        ),
+                        Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                    }
                 }));
             }
             Command::Refresh { token } => self.refresh(id, &token, ctx),
         }
     }
 
-    fn engine_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, id: Option<&Id>, e: &EngineError) {
+    fn engine_error(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        id: Option<&Id>,
+        e: &EngineError,
+    ) {
         log::warn!("engine error client={}: {e}", self.client);
-        self.reply_error(ctx, id, ErrorCode::Unavailable, "the engine cannot take this command now; try again");
+        self.reply_error(
+            ctx,
+            id,
+            ErrorCode::Unavailable,
+            "the engine cannot take this command now; try again",
+        );
     }
 
     fn subscribe(
@@ -350,10 +396,20 @@ impl Session {
     ) {
         let ns = self.node.namespaces.get(channel.namespace()).clone();
         if !self.identity.can_subscribe(&channel, &ns) {
-            return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "subscribing to this channel is not allowed");
+            return self.reply_error(
+                ctx,
+                id.as_ref(),
+                ErrorCode::Forbidden,
+                "subscribing to this channel is not allowed",
+            );
         }
         if self.subs.contains_key(&channel) {
-            return self.reply_error(ctx, id.as_ref(), ErrorCode::AlreadySubscribed, "already subscribed to this channel");
+            return self.reply_error(
+                ctx,
+                id.as_ref(),
+                ErrorCode::AlreadySubscribed,
+                "already subscribed to this channel",
+            );
         }
         if self.subs.len() >= self.node.settings.limits.max_subscriptions_per_connection {
             return self.reply_error(
@@ -382,16 +438,32 @@ impl Session {
         let claims = match self.node.verifier.verify(token) {
             Ok(c) => c,
             Err(e) => {
-                return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, &format!("refresh refused: {e}"));
+                return self.reply_error(
+                    ctx,
+                    id.as_ref(),
+                    ErrorCode::Forbidden,
+                    &format!("refresh refused: {e}"),
+                );
             }
         };
         if claims.sub != self.identity.user() {
-            return self.reply_error(ctx, id.as_ref(), ErrorCode::Forbidden, "refresh token names another user");
+            return self.reply_error(
+                ctx,
+                id.as_ref(),
+                ErrorCode::Forbidden,
+                "refresh token names another user",
+            );
         }
         let expires_at = claims.exp.unwrap_or(0);
         self.identity.claims = Some(claims);
         self.schedule_expiry(ctx);
-        ctx.text(ServerFrame::Refreshed { id: id.as_ref(), expires_at }.to_text());
+        ctx.text(
+            ServerFrame::Refreshed {
+                id: id.as_ref(),
+                expires_at,
+            }
+            .to_text(),
+        );
     }
 
     /// Starts the next queued publish when none is in flight, so one connection's
@@ -470,8 +542,11 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         let node = self.node.clone();
         node.metrics.connections.inc();
-        node.registry
-            .register(self.client.clone(), self.identity.user(), ctx.address().recipient());
+        node.registry.register(
+            self.client.clone(),
+            self.identity.user(),
+            ctx.address().recipient(),
+        );
         log::info!(
             "connection opened client={} user={:?} node={}",
             self.client,
@@ -502,7 +577,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let node = &self.node;
-        node.broker.leave(&self.client, self.subs.drain().map(|(c, _)| c));
+        node.broker
+            .leave(&self.client, self.subs.drain().map(|(c, _)| c));
         node.registry.unregister(&self.client);
         node.metrics.connections.dec();
         match self.closed_with {
@@ -643,9 +719,15 @@ pub async fn ws_route(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_string())
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_string())
         });
-    let token = query.into_inner().token.or(bearer).filter(|t| !t.is_empty());
+    let token = query
+        .into_inner()
+        .token
+        .or(bearer)
+        .filter(|t| !t.is_empty());
     let identity = match token {
         None => Identity::default(),
         Some(t) => match node.verifier.verify(&t) {

@@ -47,10 +47,16 @@ pub struct Application {
     shutdown: Shutdown,
 }
 
-fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, StartupError> {
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, StartupError> {
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| {
-            StartupError::Config(format!("key `server.{what}`: cannot read {}: {e}", p.display()))
+            StartupError::Config(format!(
+                "key `server.{what}`: cannot read {}: {e}",
+                p.display()
+            ))
         })
     };
     let cert_pem = read(cert, "tls_cert")?;
@@ -75,7 +81,10 @@ impl Application {
             _ => None,
         };
         let listener = TcpListener::bind(&settings.server.bind).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot bind {}: {e}", settings.server.bind))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind {}: {e}", settings.server.bind),
+            )
         })?;
         let addr = listener.local_addr()?;
         let workers = settings.server.workers;
@@ -98,7 +107,11 @@ impl Application {
             None => server.listen(listener)?,
         }
         .run();
-        let scheme = if node.settings.server.tls_cert.is_some() { "https" } else { "http" };
+        let scheme = if node.settings.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         log::info!("listening on {addr} scheme={scheme} node={}", node.id);
         Ok(Application {
             addr,
@@ -194,7 +207,10 @@ pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => log::info!("SIGTERM received"),

@@ -58,11 +58,20 @@ async fn stalled_client(s: &Server, channel: &str) -> (common::Ws, String) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let stream = sock.connect(s.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(s.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(
+        s.ws_url(),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
     use futures_util::SinkExt;
     let welcome = ws.next().await.unwrap().unwrap();
     let welcome: serde_json::Value = serde_json::from_str(welcome.to_text().unwrap()).unwrap();
-    ws.send(tokio_tungstenite::tungstenite::Message::text(json!({"type":"subscribe","channel":channel}).to_string())).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"type":"subscribe","channel":channel}).to_string(),
+    ))
+    .await
+    .unwrap();
     let r = ws.next().await.unwrap().unwrap();
     assert!(r.to_text().unwrap().contains("subscribed"));
     (ws, welcome["client"].as_str().unwrap().to_string())
@@ -73,7 +82,8 @@ async fn flood(s: &Server, channel: &str, n: usize, size: usize) {
     let mut p = s.client().await;
     let pad = "x".repeat(size);
     for i in 0..n {
-        p.send(json!({"type":"publish","channel":channel,"data":{"i":i,"pad":pad}})).await;
+        p.send(json!({"type":"publish","channel":channel,"data":{"i":i,"pad":pad}}))
+            .await;
     }
     for _ in 0..n {
         assert_eq!(p.recv().await["type"], "published");
@@ -117,7 +127,10 @@ async fn slow_consumer_is_cut_off_and_others_get_everything() {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
                 let v: serde_json::Value = serde_json::from_str(&t).unwrap();
                 if v["type"] == "disconnect" {
-                    assert_eq!(v, json!({"type":"disconnect","code":4001,"reason":"slow_consumer","reconnect":true}));
+                    assert_eq!(
+                        v,
+                        json!({"type":"disconnect","code":4001,"reason":"slow_consumer","reconnect":true})
+                    );
                     break;
                 }
                 assert_eq!(v["offset"], expected);
@@ -127,13 +140,21 @@ async fn slow_consumer_is_cut_off_and_others_get_everything() {
             other => panic!("unexpected end {other:?}"),
         }
     }
-    assert!(expected > 1 && expected < N as u64, "a prefix arrived: {expected}");
+    assert!(
+        expected > 1 && expected < N as u64,
+        "a prefix arrived: {expected}"
+    );
     match slow.next().await {
-        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4001),
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+            assert_eq!(u16::from(f.code), 4001)
+        }
         other => panic!("expected Close 4001, got {other:?}"),
     }
     let (_, metrics) = s.http("GET", "/metrics", &[], None).await;
-    assert!(metrics.contains("switchboard_slow_consumers_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_slow_consumers_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -164,11 +185,19 @@ async fn shutdown_with_a_stuck_client_reports_not_ready_and_still_exits_in_time(
     s.wait_log(&["draining"]).await;
     let (status, body) = s.http("GET", "/readyz", &[], None).await;
     assert_eq!(status, 503, "{body}");
-    let refused = Client::try_connect(&s.ws_url(), &[]).await.err().expect("refused while draining");
+    let refused = Client::try_connect(&s.ws_url(), &[])
+        .await
+        .err()
+        .expect("refused while draining");
     assert!(refused.to_string().contains("503"), "{refused}");
     assert_eq!(s.wait_exit(Duration::from_secs(15)).await, Some(0));
     assert!(started.elapsed() < Duration::from_secs(12));
-    assert!(s.log().contains("shutdown timeout with 1 sessions still open"), "{}", s.log());
+    assert!(
+        s.log()
+            .contains("shutdown timeout with 1 sessions still open"),
+        "{}",
+        s.log()
+    );
 }
 
 fn start_fails(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -189,9 +218,21 @@ async fn bad_configuration_exits_2_naming_the_key() {
     assert!(log.contains("timeout"), "{log}");
     let log = start_fails(&[], &[("SWITCHBOARD__LIMITS__MAX_ERRORS", "many")]);
     assert!(log.contains("max_errors"), "{log}");
-    let log = start_fails(&[], &[("SWITCHBOARD__HEARTBEAT__INTERVAL", "10s"), ("SWITCHBOARD__HEARTBEAT__TIMEOUT", "5s")]);
+    let log = start_fails(
+        &[],
+        &[
+            ("SWITCHBOARD__HEARTBEAT__INTERVAL", "10s"),
+            ("SWITCHBOARD__HEARTBEAT__TIMEOUT", "5s"),
+        ],
+    );
     assert!(log.contains("heartbeat.timeout"), "{log}");
-    let log = start_fails(&[], &[("SWITCHBOARD__AUTH__PUBLIC_KEY_PEM", "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----")]);
+    let log = start_fails(
+        &[],
+        &[(
+            "SWITCHBOARD__AUTH__PUBLIC_KEY_PEM",
+            "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----",
+        )],
+    );
     assert!(log.contains("auth.public_key_pem"), "{log}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
@@ -204,8 +245,16 @@ async fn bad_configuration_exits_2_naming_the_key() {
     let log = start_fails(&["--config", "/nonexistent/switchboard.toml"], &[]);
     assert!(log.contains("does not exist"), "{log}");
     // A good file is taken, and the environment wins over it.
-    std::fs::write(&file, "[server]\nnode_id = \"from-file\"\n[heartbeat]\ninterval = \"3s\"\n").unwrap();
-    let s = Server::try_start_with(&["--config", file.to_str().unwrap()], &[("SWITCHBOARD__HEARTBEAT__INTERVAL", "4s")]).expect("starts");
+    std::fs::write(
+        &file,
+        "[server]\nnode_id = \"from-file\"\n[heartbeat]\ninterval = \"3s\"\n",
+    )
+    .unwrap();
+    let s = Server::try_start_with(
+        &["--config", file.to_str().unwrap()],
+        &[("SWITCHBOARD__HEARTBEAT__INTERVAL", "4s")],
+    )
+    .expect("starts");
     let c = s.client().await;
     assert_eq!(c.welcome["node"], "from-file");
     assert_eq!(c.welcome["heartbeat_ms"], 4000);

@@ -16,7 +16,11 @@ const SECRET: &str = "test-secret";
 fn http_status(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
     match e {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).to_string()).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).to_string())
+                .unwrap_or_default();
             (resp.status().as_u16(), body)
         }
         other => panic!("expected an HTTP refusal, got {other}"),
@@ -25,7 +29,10 @@ fn http_status(e: tokio_tungstenite::tungstenite::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn welcome_and_subprotocol_negotiation() {
-    let s = Server::start(&[("SWITCHBOARD__SERVER__NODE_ID", "n-test"), ("SWITCHBOARD__HEARTBEAT__INTERVAL", "7s")]);
+    let s = Server::start(&[
+        ("SWITCHBOARD__SERVER__NODE_ID", "n-test"),
+        ("SWITCHBOARD__HEARTBEAT__INTERVAL", "7s"),
+    ]);
     let c = s.client().await;
     assert_eq!(c.protocol.as_deref(), Some("switchboard.v1.json"));
     let w = &c.welcome;
@@ -38,10 +45,17 @@ async fn welcome_and_subprotocol_negotiation() {
     let plain = Client::connect(&s.ws_url(), &[]).await;
     assert_eq!(plain.protocol, None);
     // Several offered, ours among them.
-    let multi = Client::connect(&s.ws_url(), &[("Sec-WebSocket-Protocol", "chat.v9, switchboard.v1.json")]).await;
+    let multi = Client::connect(
+        &s.ws_url(),
+        &[("Sec-WebSocket-Protocol", "chat.v9, switchboard.v1.json")],
+    )
+    .await;
     assert_eq!(multi.protocol.as_deref(), Some("switchboard.v1.json"));
     // Only others: 400 with a JSON body, no upgrade.
-    let e = Client::try_connect(&s.ws_url(), &[("Sec-WebSocket-Protocol", "mqtt")]).await.err().expect("refused");
+    let e = Client::try_connect(&s.ws_url(), &[("Sec-WebSocket-Protocol", "mqtt")])
+        .await
+        .err()
+        .expect("refused");
     let (status, body) = http_status(e);
     assert_eq!(status, 400);
     let body: Value = serde_json::from_str(&body).expect("json body");
@@ -51,7 +65,10 @@ async fn welcome_and_subprotocol_negotiation() {
 #[tokio::test]
 async fn origin_check_and_handshake_order() {
     let s = Server::start(&[
-        ("SWITCHBOARD__SERVER__ALLOWED_ORIGINS", "https://good.example,https://also.example"),
+        (
+            "SWITCHBOARD__SERVER__ALLOWED_ORIGINS",
+            "https://good.example,https://also.example",
+        ),
         ("SWITCHBOARD__AUTH__HMAC_SECRET", SECRET),
         ("SWITCHBOARD__LIMITS__MAX_CONNECTIONS", "1"),
     ]);
@@ -66,10 +83,30 @@ async fn origin_check_and_handshake_order() {
             Err(e) => http_status(e).0,
         }
     };
-    assert_eq!(status(vec![("Origin", "https://evil.example".into())], url.clone()).await, 403);
+    assert_eq!(
+        status(vec![("Origin", "https://evil.example".into())], url.clone()).await,
+        403
+    );
     // Origin is checked before the subprotocol, the subprotocol before the token...
-    assert_eq!(status(vec![("Origin", "https://evil.example".into()), ("Sec-WebSocket-Protocol", "x".into())], url.clone()).await, 403);
-    assert_eq!(status(vec![("Sec-WebSocket-Protocol", "x".into())], format!("{url}?token=garbage")).await, 400);
+    assert_eq!(
+        status(
+            vec![
+                ("Origin", "https://evil.example".into()),
+                ("Sec-WebSocket-Protocol", "x".into())
+            ],
+            url.clone()
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(
+            vec![("Sec-WebSocket-Protocol", "x".into())],
+            format!("{url}?token=garbage")
+        )
+        .await,
+        400
+    );
     // ...and the token before capacity.
     let holder = Client::connect(&url, &[("Origin", "https://also.example")]).await;
     assert_eq!(status(vec![], format!("{url}?token=garbage")).await, 401);
@@ -90,7 +127,10 @@ async fn max_connections_edge() {
     for _ in 0..3 {
         held.push(s.client().await);
     }
-    let e = Client::try_connect(&s.ws_url(), &[]).await.err().expect("4th refused");
+    let e = Client::try_connect(&s.ws_url(), &[])
+        .await
+        .err()
+        .expect("4th refused");
     let (status, body) = http_status(e);
     assert_eq!(status, 503);
     assert!(body.contains("unavailable"), "{body}");
@@ -117,7 +157,10 @@ async fn tokens_are_checked_before_upgrade() {
     let wrong = token("other-secret", json!({"sub":"alice"}));
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.";
     for bad in [expired.as_str(), wrong.as_str(), none, "not-a-jwt"] {
-        let e = Client::try_connect(&format!("{}?token={bad}", s.ws_url()), &[]).await.err().expect("refused");
+        let e = Client::try_connect(&format!("{}?token={bad}", s.ws_url()), &[])
+            .await
+            .err()
+            .expect("refused");
         let (status, body) = http_status(e);
         assert_eq!(status, 401, "{bad}");
         assert!(body.contains("unauthorized"), "{body}");
@@ -129,18 +172,27 @@ async fn subscribe_publish_message_in_order() {
     let s = Server::start(&[]);
     let mut sub = s.client().await;
     let mut publ = s.client().await;
-    let r = sub.call(json!({"type":"subscribe","id":1,"channel":"news"})).await;
+    let r = sub
+        .call(json!({"type":"subscribe","id":1,"channel":"news"}))
+        .await;
     assert_eq!(r["type"], "subscribed");
     assert_eq!(r["id"], 1);
     assert_eq!(r["offset"], 0);
-    assert!(r.get("recovered").is_none() && r.get("publications").is_none(), "{r}");
+    assert!(
+        r.get("recovered").is_none() && r.get("publications").is_none(),
+        "{r}"
+    );
     let epoch = r["epoch"].as_str().unwrap().to_string();
     for i in 1..=20u64 {
-        publ.send(json!({"type":"publish","id":format!("p{i}"),"channel":"news","data":{"n":i}})).await;
+        publ.send(json!({"type":"publish","id":format!("p{i}"),"channel":"news","data":{"n":i}}))
+            .await;
     }
     for i in 1..=20u64 {
         let r = publ.recv().await;
-        assert_eq!(r, json!({"type":"published","id":format!("p{i}"),"channel":"news","offset":i,"epoch":epoch}));
+        assert_eq!(
+            r,
+            json!({"type":"published","id":format!("p{i}"),"channel":"news","offset":i,"epoch":epoch})
+        );
     }
     for i in 1..=20u64 {
         let m = sub.recv().await;
@@ -152,8 +204,14 @@ async fn subscribe_publish_message_in_order() {
         assert!(m.get("id").is_none(), "pushes carry no id");
     }
     // A publisher not subscribed gets no message; the ping answers right away.
-    assert_eq!(publ.call(json!({"type":"ping","id":"x"})).await, json!({"type":"pong","id":"x"}));
-    assert_eq!(sub.call(json!({"type":"ping"})).await, json!({"type":"pong"}));
+    assert_eq!(
+        publ.call(json!({"type":"ping","id":"x"})).await,
+        json!({"type":"pong","id":"x"})
+    );
+    assert_eq!(
+        sub.call(json!({"type":"ping"})).await,
+        json!({"type":"pong"})
+    );
 }
 
 #[tokio::test]
@@ -163,21 +221,33 @@ async fn unsubscribe_and_subscription_errors() {
     for ch in ["a", "b", "c"] {
         c.subscribe(ch).await;
     }
-    let r = c.call(json!({"type":"subscribe","id":4,"channel":"d"})).await;
-    assert_eq!((r["type"].as_str(), r["code"].as_str(), r["id"].as_u64()), (Some("error"), Some("limit_exceeded"), Some(4)));
+    let r = c
+        .call(json!({"type":"subscribe","id":4,"channel":"d"}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str(), r["id"].as_u64()),
+        (Some("error"), Some("limit_exceeded"), Some(4))
+    );
     let r = c.call(json!({"type":"subscribe","channel":"a"})).await;
     assert_eq!(r["code"], "already_subscribed");
-    let r = c.call(json!({"type":"unsubscribe","id":9,"channel":"a"})).await;
+    let r = c
+        .call(json!({"type":"unsubscribe","id":9,"channel":"a"}))
+        .await;
     assert_eq!(r, json!({"type":"unsubscribed","id":9,"channel":"a"}));
     let r = c.call(json!({"type":"unsubscribe","channel":"a"})).await;
     assert_eq!(r["code"], "not_subscribed");
     // The freed place can be used again, and no message of `a` arrives after unsubscribing.
     c.subscribe("d").await;
     let mut p = s.client().await;
-    p.call(json!({"type":"publish","channel":"a","data":1})).await;
-    p.call(json!({"type":"publish","channel":"d","data":2})).await;
+    p.call(json!({"type":"publish","channel":"a","data":1}))
+        .await;
+    p.call(json!({"type":"publish","channel":"d","data":2}))
+        .await;
     let m = c.recv().await;
-    assert_eq!((m["channel"].as_str(), m["data"].as_i64()), (Some("d"), Some(2)));
+    assert_eq!(
+        (m["channel"].as_str(), m["data"].as_i64()),
+        (Some("d"), Some(2))
+    );
 }
 
 #[tokio::test]
@@ -192,7 +262,10 @@ async fn malformed_commands_get_errors_and_keep_the_connection() {
         (r#"{"type":"subscribe"}"#, "bad_request"),
         (r#"{"type":"publish","channel":"x"}"#, "bad_request"),
         (r#"{"type":"subscribe","channel":""}"#, "invalid_channel"),
-        (r#"{"type":"subscribe","channel":"has space"}"#, "invalid_channel"),
+        (
+            r#"{"type":"subscribe","channel":"has space"}"#,
+            "invalid_channel",
+        ),
     ];
     for (frame, code) in cases {
         c.send_text(frame).await;
@@ -204,8 +277,13 @@ async fn malformed_commands_get_errors_and_keep_the_connection() {
         assert_eq!(c.call(json!({"type":"ping"})).await["type"], "pong");
     }
     let long = "a".repeat(256);
-    let r = c.call(json!({"type":"subscribe","id":"k","channel":long})).await;
-    assert_eq!((r["code"].as_str(), r["id"].as_str()), (Some("invalid_channel"), Some("k")));
+    let r = c
+        .call(json!({"type":"subscribe","id":"k","channel":long}))
+        .await;
+    assert_eq!(
+        (r["code"].as_str(), r["id"].as_str()),
+        (Some("invalid_channel"), Some("k"))
+    );
     let ok = "a".repeat(255);
     c.subscribe(&ok).await;
 }
@@ -226,9 +304,11 @@ async fn too_many_errors_in_a_row_closes_4004() {
         d.send_text("{}").await;
         assert_eq!(d.recv().await["code"], "bad_request");
     }
-    d.send_text(r#"{"type":"subscribe","channel":"bad name"}"#).await;
+    d.send_text(r#"{"type":"subscribe","channel":"bad name"}"#)
+        .await;
     d.expect_disconnect(4004).await;
-    s.wait_log(&["connection closed", &d.id(), "code=4004"]).await;
+    s.wait_log(&["connection closed", &d.id(), "code=4004"])
+        .await;
 }
 
 #[tokio::test]
@@ -251,12 +331,36 @@ async fn message_size_limit_edge() {
     let mut f = s.client().await;
     let text = frame(1000);
     let (a, b) = text.split_at(500);
-    f.ws.send(Message::Frame(Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false))).await.unwrap();
-    f.ws.send(Message::Frame(Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), true))).await.unwrap();
+    f.ws.send(Message::Frame(Frame::message(
+        a.as_bytes().to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    f.ws.send(Message::Frame(Frame::message(
+        b.as_bytes().to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
     assert_eq!(f.recv().await["type"], "published", "reassembled");
     let mut g = s.client().await;
-    g.ws.send(Message::Frame(Frame::message(vec![b' '; 600], OpCode::Data(Data::Text), false))).await.unwrap();
-    g.ws.send(Message::Frame(Frame::message(vec![b' '; 600], OpCode::Data(Data::Continue), true))).await.unwrap();
+    g.ws.send(Message::Frame(Frame::message(
+        vec![b' '; 600],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    g.ws.send(Message::Frame(Frame::message(
+        vec![b' '; 600],
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .unwrap();
     g.expect_disconnect(1009).await;
 }
 
@@ -267,7 +371,13 @@ async fn binary_and_invalid_utf8_close() {
     c.ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     c.expect_disconnect(1003).await;
     let mut d = s.client().await;
-    d.ws.send(Message::Frame(Frame::message(vec![0xff, 0xfe, b'{'], OpCode::Data(Data::Text), true))).await.unwrap();
+    d.ws.send(Message::Frame(Frame::message(
+        vec![0xff, 0xfe, b'{'],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await
+    .unwrap();
     d.expect_disconnect(1007).await;
 }
 
@@ -276,7 +386,8 @@ async fn publish_rate_limit_edge() {
     let s = Server::start(&[("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "5")]);
     let mut c = s.client().await;
     for i in 0..6 {
-        c.send(json!({"type":"publish","id":i,"channel":"r","data":i})).await;
+        c.send(json!({"type":"publish","id":i,"channel":"r","data":i}))
+            .await;
     }
     let mut published = 0;
     let mut limited = Vec::new();
@@ -293,54 +404,115 @@ async fn publish_rate_limit_edge() {
     assert_eq!(limited[0]["id"], 5);
     // Tokens come back at the configured rate: one is due after 200 ms.
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    assert_eq!(c.call(json!({"type":"publish","channel":"r","data":0})).await["type"], "published");
+    assert_eq!(
+        c.call(json!({"type":"publish","channel":"r","data":0}))
+            .await["type"],
+        "published"
+    );
 }
 
 #[tokio::test]
 async fn history_and_recovery() {
-    let s = Server::start(&[("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "5"), ("SWITCHBOARD__NAMESPACES__NOHIST__HISTORY_SIZE", "0")]);
+    let s = Server::start(&[
+        ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "5"),
+        ("SWITCHBOARD__NAMESPACES__NOHIST__HISTORY_SIZE", "0"),
+    ]);
     let mut p = s.client().await;
     let mut sub = s.client().await;
     let first = sub.subscribe("h").await;
     let epoch = first["epoch"].as_str().unwrap().to_string();
     for i in 1..=3 {
-        p.call(json!({"type":"publish","channel":"h","data":i})).await;
+        p.call(json!({"type":"publish","channel":"h","data":i}))
+            .await;
         assert_eq!(sub.recv().await["offset"], i);
     }
     sub.close().await;
     for i in 4..=6 {
-        p.call(json!({"type":"publish","channel":"h","data":i})).await;
+        p.call(json!({"type":"publish","channel":"h","data":i}))
+            .await;
     }
     // Reconnect and recover what was missed, then live messages continue.
     let mut again = s.client().await;
-    let r = again.call(json!({"type":"subscribe","id":1,"channel":"h","since":{"offset":3,"epoch":epoch}})).await;
+    let r = again
+        .call(json!({"type":"subscribe","id":1,"channel":"h","since":{"offset":3,"epoch":epoch}}))
+        .await;
     assert_eq!(r["recovered"], true, "{r}");
     assert_eq!(r["offset"], 6);
-    let offs: Vec<u64> = r["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let offs: Vec<u64> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offs, vec![4, 5, 6]);
     assert_eq!(r["publications"][0]["data"], 4);
-    p.call(json!({"type":"publish","channel":"h","data":7})).await;
+    p.call(json!({"type":"publish","channel":"h","data":7}))
+        .await;
     assert_eq!(again.recv().await["offset"], 7);
     // A gap no longer held (history keeps 5: offsets 3..=7) and a wrong epoch: not recovered.
     let mut late = s.client().await;
-    let r = late.call(json!({"type":"subscribe","channel":"h","since":{"offset":1,"epoch":epoch}})).await;
-    assert_eq!((r["recovered"].as_bool(), r["publications"].as_array().map(Vec::len)), (Some(false), Some(0)));
-    let r = late.call(json!({"type":"subscribe","channel":"h2","since":{"offset":0,"epoch":"other"}})).await;
+    let r = late
+        .call(json!({"type":"subscribe","channel":"h","since":{"offset":1,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (
+            r["recovered"].as_bool(),
+            r["publications"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
+    let r = late
+        .call(json!({"type":"subscribe","channel":"h2","since":{"offset":0,"epoch":"other"}}))
+        .await;
     assert_eq!(r["recovered"], false);
     // Since == latest: nothing missed.
     let mut cur = s.client().await;
-    let r = cur.call(json!({"type":"subscribe","channel":"h","since":{"offset":7,"epoch":epoch}})).await;
-    assert_eq!((r["recovered"].as_bool(), r["publications"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let r = cur
+        .call(json!({"type":"subscribe","channel":"h","since":{"offset":7,"epoch":epoch}}))
+        .await;
+    assert_eq!(
+        (
+            r["recovered"].as_bool(),
+            r["publications"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(0))
+    );
     // history: newest `limit`, oldest first; with since; default limit is history_size.
-    let r = p.call(json!({"type":"history","id":2,"channel":"h","limit":2})).await;
+    let r = p
+        .call(json!({"type":"history","id":2,"channel":"h","limit":2}))
+        .await;
     assert_eq!(r["type"], "history");
     assert_eq!(r["id"], 2);
     assert_eq!(r["offset"], 7);
-    assert_eq!(r["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![6, 7]);
-    let r = p.call(json!({"type":"history","channel":"h","since":{"offset":4,"epoch":epoch},"limit":2})).await;
-    assert_eq!(r["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect::<Vec<_>>(), vec![5, 6]);
-    let r = p.call(json!({"type":"history","channel":"h","limit":100})).await;
-    assert_eq!(r["publications"].as_array().unwrap().len(), 5, "trimmed to history_size");
+    assert_eq!(
+        r["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![6, 7]
+    );
+    let r = p
+        .call(json!({"type":"history","channel":"h","since":{"offset":4,"epoch":epoch},"limit":2}))
+        .await;
+    assert_eq!(
+        r["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    let r = p
+        .call(json!({"type":"history","channel":"h","limit":100}))
+        .await;
+    assert_eq!(
+        r["publications"].as_array().unwrap().len(),
+        5,
+        "trimmed to history_size"
+    );
     assert_eq!(r["publications"][0]["info"]["client"], p.id());
     let r = p.call(json!({"type":"history","channel":"nohist:x"})).await;
     assert_eq!(r["code"], "not_available");
@@ -350,7 +522,8 @@ async fn history_and_recovery() {
 async fn history_ttl_expires_entries() {
     let s = Server::start(&[("SWITCHBOARD__CHANNELS__HISTORY_TTL", "300ms")]);
     let mut p = s.client().await;
-    p.call(json!({"type":"publish","channel":"t","data":1})).await;
+    p.call(json!({"type":"publish","channel":"t","data":1}))
+        .await;
     let r = p.call(json!({"type":"history","channel":"t"})).await;
     assert_eq!(r["publications"].as_array().unwrap().len(), 1);
     let deadline = std::time::Instant::now() + common::WAIT;
@@ -359,24 +532,36 @@ async fn history_ttl_expires_entries() {
         if r["publications"].as_array().unwrap().is_empty() {
             break r;
         }
-        assert!(std::time::Instant::now() < deadline, "history never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history never expired"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    assert_eq!(r["offset"], 1, "the offset outlives the entries while the channel is known");
+    assert_eq!(
+        r["offset"], 1,
+        "the offset outlives the entries while the channel is known"
+    );
 }
 
 #[tokio::test]
 async fn recovery_races_live_traffic_without_gap_or_duplicate() {
-    let s = Server::start(&[("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "100000"), ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "10000")]);
+    let s = Server::start(&[
+        ("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "100000"),
+        ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "10000"),
+    ]);
     let mut p = s.client().await;
-    let first = p.call(json!({"type":"publish","channel":"race","data":0})).await;
+    let first = p
+        .call(json!({"type":"publish","channel":"race","data":0}))
+        .await;
     let epoch = first["epoch"].as_str().unwrap().to_string();
     // Publish continuously from another task while a subscriber joins with since=1.
     let url = s.ws_url();
     let publisher = tokio::spawn(async move {
         let mut q = Client::connect(&url, &[]).await;
         for i in 0..2000 {
-            q.send(json!({"type":"publish","channel":"race","data":i})).await;
+            q.send(json!({"type":"publish","channel":"race","data":i}))
+                .await;
         }
         let mut last = 0;
         for _ in 0..2000 {
@@ -385,7 +570,9 @@ async fn recovery_races_live_traffic_without_gap_or_duplicate() {
         last
     });
     let mut sub = s.client().await;
-    let r = sub.call(json!({"type":"subscribe","channel":"race","since":{"offset":1,"epoch":epoch}})).await;
+    let r = sub
+        .call(json!({"type":"subscribe","channel":"race","since":{"offset":1,"epoch":epoch}}))
+        .await;
     assert_eq!(r["type"], "subscribed", "no live message before subscribed");
     assert_eq!(r["recovered"], true);
     let mut expected = 2;
@@ -403,20 +590,33 @@ async fn recovery_races_live_traffic_without_gap_or_duplicate() {
 
 #[tokio::test]
 async fn presence_and_join_leave() {
-    let s = Server::start(&[("SWITCHBOARD__NAMESPACES__ROOM__JOIN_LEAVE", "true"), ("SWITCHBOARD__NAMESPACES__QUIET__PRESENCE", "false")]);
+    let s = Server::start(&[
+        ("SWITCHBOARD__NAMESPACES__ROOM__JOIN_LEAVE", "true"),
+        ("SWITCHBOARD__NAMESPACES__QUIET__PRESENCE", "false"),
+    ]);
     let mut a = s.client().await;
     let mut b = s.client().await;
     a.subscribe("room:1").await;
     let join = a.recv().await;
-    assert_eq!(join, json!({"type":"join","channel":"room:1","info":{"client":a.id(),"user":""}}));
+    assert_eq!(
+        join,
+        json!({"type":"join","channel":"room:1","info":{"client":a.id(),"user":""}})
+    );
     b.subscribe("room:1").await;
     let join = a.recv().await;
     assert_eq!(join["type"], "join");
     assert_eq!(join["info"]["client"], b.id());
-    let r = a.call(json!({"type":"presence","id":3,"channel":"room:1"})).await;
+    let r = a
+        .call(json!({"type":"presence","id":3,"channel":"room:1"}))
+        .await;
     assert_eq!(r["type"], "presence");
     assert_eq!(r["id"], 3);
-    let mut clients: Vec<String> = r["clients"].as_array().unwrap().iter().map(|c| c["client"].as_str().unwrap().to_string()).collect();
+    let mut clients: Vec<String> = r["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap().to_string())
+        .collect();
     clients.sort();
     let mut want = vec![a.id(), b.id()];
     want.sort();
@@ -424,7 +624,10 @@ async fn presence_and_join_leave() {
     let b_id = b.id();
     b.close().await;
     let leave = a.recv().await;
-    assert_eq!(leave, json!({"type":"leave","channel":"room:1","info":{"client":b_id,"user":""}}));
+    assert_eq!(
+        leave,
+        json!({"type":"leave","channel":"room:1","info":{"client":b_id,"user":""}})
+    );
     let r = a.call(json!({"type":"presence","channel":"room:1"})).await;
     assert_eq!(r["clients"].as_array().unwrap().len(), 1);
     let r = a.call(json!({"type":"presence","channel":"quiet:1"})).await;
@@ -446,18 +649,39 @@ async fn permissions_follow_token_and_namespace() {
         let r = anon.call(json!({"type":ty,"channel":"priv:a"})).await;
         assert_eq!(r["code"], "forbidden", "{ty}");
     }
-    assert_eq!(anon.call(json!({"type":"publish","channel":"priv:a","data":1})).await["code"], "forbidden");
-    assert_eq!(anon.call(json!({"type":"publish","channel":"ro:a","data":1})).await["code"], "forbidden");
-    let t = token(SECRET, json!({"sub":"bob","exp":now()+60,"channels":["priv:a*"],"publish":["priv:a1"]}));
+    assert_eq!(
+        anon.call(json!({"type":"publish","channel":"priv:a","data":1}))
+            .await["code"],
+        "forbidden"
+    );
+    assert_eq!(
+        anon.call(json!({"type":"publish","channel":"ro:a","data":1}))
+            .await["code"],
+        "forbidden"
+    );
+    let t = token(
+        SECRET,
+        json!({"sub":"bob","exp":now()+60,"channels":["priv:a*"],"publish":["priv:a1"]}),
+    );
     let mut bob = s.client_with_token(&t).await;
     assert_eq!(bob.welcome["user"], "bob");
     bob.subscribe("priv:a1").await;
-    assert_eq!(bob.call(json!({"type":"subscribe","channel":"priv:b"})).await["code"], "forbidden");
-    let r = bob.call(json!({"type":"publish","channel":"priv:a1","data":"hi"})).await;
+    assert_eq!(
+        bob.call(json!({"type":"subscribe","channel":"priv:b"}))
+            .await["code"],
+        "forbidden"
+    );
+    let r = bob
+        .call(json!({"type":"publish","channel":"priv:a1","data":"hi"}))
+        .await;
     assert_eq!(r["type"], "published");
     let m = bob.recv().await;
     assert_eq!(m["info"], json!({"client": bob.id(), "user":"bob"}));
-    assert_eq!(bob.call(json!({"type":"publish","channel":"priv:a2","data":1})).await["code"], "forbidden");
+    assert_eq!(
+        bob.call(json!({"type":"publish","channel":"priv:a2","data":1}))
+            .await["code"],
+        "forbidden"
+    );
 }
 
 #[tokio::test]
@@ -469,7 +693,9 @@ async fn refresh_extends_and_expiry_closes_4002() {
     let later = now() + 600;
     let r = c.call(json!({"type":"refresh","id":1,"token":token(SECRET, json!({"sub":"carol","exp":later}))})).await;
     assert_eq!(r, json!({"type":"refreshed","id":1,"expires_at":later}));
-    let r = c.call(json!({"type":"refresh","token":token(SECRET, json!({"sub":"mallory","exp":later}))})).await;
+    let r = c
+        .call(json!({"type":"refresh","token":token(SECRET, json!({"sub":"mallory","exp":later}))}))
+        .await;
     assert_eq!(r["code"], "forbidden");
     let r = c.call(json!({"type":"refresh","token":"junk"})).await;
     assert_eq!(r["code"], "forbidden");
@@ -490,7 +716,9 @@ async fn frames_after_close_are_not_sent_and_slots_are_reused() {
     b.subscribe("m").await;
     b.close().await;
     s.wait_log(&["connection closed", "code=peer"]).await;
-    let r = a.call(json!({"type":"publish","channel":"m","data":1})).await;
+    let r = a
+        .call(json!({"type":"publish","channel":"m","data":1}))
+        .await;
     assert_eq!(r["type"], "published");
     assert_eq!(a.recv().await["type"], "message");
     let (status, body) = s.http("GET", "/metrics", &[], None).await;

@@ -18,8 +18,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use super::{
-    select_history, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry,
-    PublishResult,
+    select_history, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -83,7 +82,9 @@ impl MemoryEngine {
     pub fn new(node_id: &str) -> Self {
         MemoryEngine {
             node_id: node_id.to_string(),
-            shards: (0..LOCK_SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..LOCK_SHARDS)
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
             handler: OnceLock::new(),
         }
     }
@@ -202,7 +203,13 @@ impl Engine for MemoryEngine {
             .iter()
             .map(|e| e.publication.clone())
             .collect();
-        Ok(select_history(&all, state.offset, &state.epoch, since, limit))
+        Ok(select_history(
+            &all,
+            state.offset,
+            &state.epoch,
+            since,
+            limit,
+        ))
     }
 
     async fn presence_add(
@@ -220,7 +227,11 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError> {
+    async fn presence_remove(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<(), EngineError> {
         let mut shard = self.shard(channel).lock();
         if let Some(set) = shard.presence.get_mut(channel) {
             set.remove(client);

@@ -116,7 +116,8 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
 
     /// Removes a connection from the channel's presence.
-    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), EngineError>;
+    async fn presence_remove(&self, channel: &ChannelName, client: &str)
+        -> Result<(), EngineError>;
 
     /// Lists the channel's presence.
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError>;
@@ -146,8 +147,8 @@ pub fn select_history(
             let after: Vec<&Publication> = all.iter().filter(|p| p.offset > pos.offset).collect();
             // Nothing was lost when the history still holds the publication right after
             // `since`, or when `since` is already the latest offset.
-            let held = pos.offset == latest
-                || after.first().is_some_and(|p| p.offset == pos.offset + 1);
+            let held =
+                pos.offset == latest || after.first().is_some_and(|p| p.offset == pos.offset + 1);
             let recovered = same_epoch && pos.offset <= latest && held;
             let pubs = if same_epoch {
                 after.into_iter().take(limit).cloned().collect()

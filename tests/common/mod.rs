@@ -43,7 +43,10 @@ impl Server {
     }
 
     /// Starts the binary with command-line `args` and `env`.
-    pub fn try_start_with(args: &[&str], env: &[(&str, &str)]) -> Result<Server, (Option<i32>, String)> {
+    pub fn try_start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, (Option<i32>, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.args(args)
@@ -78,7 +81,12 @@ impl Server {
         loop {
             if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
                 let addr = addr.parse().expect("bound address");
-                return Ok(Server { child, addr, log, _dir: dir });
+                return Ok(Server {
+                    child,
+                    addr,
+                    log,
+                    _dir: dir,
+                });
             }
             if let Ok(Some(status)) = child.try_wait() {
                 // Let the reader thread drain what is left.
@@ -119,14 +127,19 @@ impl Server {
             {
                 return line.clone();
             }
-            assert!(Instant::now() < deadline, "no log line with {needles:?}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?}\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
@@ -152,27 +165,52 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "server did not exit within {within:?}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?}\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// A plain HTTP/1.1 request; returns status and body.
-    pub async fn http(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, String) {
         http(self.addr, method, path, headers, body).await
     }
 
     /// An API call with the key `key`.
-    pub async fn api(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let auth = format!("apikey {key}");
         let body = body.map(|b| b.to_string());
-        let (status, text) = self.http(method, path, &[("Authorization", &auth)], body.as_deref()).await;
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let (status, text) = self
+            .http(method, path, &[("Authorization", &auth)], body.as_deref())
+            .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Connects a WebSocket client offering the subprotocol, and reads `welcome`.
     pub async fn client(&self) -> Client {
-        Client::connect(&self.ws_url(), &[("Sec-WebSocket-Protocol", "switchboard.v1.json")]).await
+        Client::connect(
+            &self.ws_url(),
+            &[("Sec-WebSocket-Protocol", "switchboard.v1.json")],
+        )
+        .await
     }
 
     /// Connects with a token in the query string.
@@ -189,7 +227,13 @@ impl Drop for Server {
 }
 
 /// A plain HTTP/1.1 request over a fresh connection.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -197,17 +241,30 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     }
     let body = body.unwrap_or("");
     if method != "GET" {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
     req.push_str("\r\n");
     req.push_str(body);
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf)).await.expect("http timeout").expect("read");
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut buf))
+        .await
+        .expect("http timeout")
+        .expect("read");
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -253,18 +310,30 @@ impl Client {
         }
     }
 
-    pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    pub async fn try_connect(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let mut req = url.into_client_request()?;
         for (k, v) in headers {
-            req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("header"));
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("header"),
+            );
         }
-        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.expect("connect timeout")?;
+        let (ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timeout")?;
         let protocol = resp
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut c = Client { ws, welcome: Value::Null, protocol };
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            protocol,
+        };
         let welcome = c.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         c.welcome = welcome;
@@ -272,7 +341,10 @@ impl Client {
     }
 
     pub fn id(&self) -> String {
-        self.welcome["client"].as_str().unwrap_or_default().to_string()
+        self.welcome["client"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub async fn send(&mut self, v: Value) {
@@ -286,9 +358,13 @@ impl Client {
     /// The next frame or close, skipping pings.
     pub async fn next(&mut self) -> Event {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
             match msg {
-                Some(Ok(Message::Text(t))) => return Event::Frame(serde_json::from_str(&t).expect("server sent JSON")),
+                Some(Ok(Message::Text(t))) => {
+                    return Event::Frame(serde_json::from_str(&t).expect("server sent JSON"))
+                }
                 Some(Ok(Message::Close(f))) => return Event::Closed(f.map(|f| u16::from(f.code))),
                 Some(Ok(Message::Binary(_))) => panic!("server sent a binary frame"),
                 Some(Ok(_)) => continue,
@@ -340,13 +416,21 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        let r = self.call(serde_json::json!({"type":"subscribe","channel":channel})).await;
+        let r = self
+            .call(serde_json::json!({"type":"subscribe","channel":channel}))
+            .await;
         assert_eq!(r["type"], "subscribed", "{r}");
         r
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await;
+        let _ = self
+            .ws
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
     }
 }
 
@@ -362,7 +446,10 @@ pub fn token(secret: &str, claims: Value) -> String {
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, failing after [`WAIT`].
