@@ -238,11 +238,19 @@ async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node
     let mut results = Vec::with_capacity(chans.len());
     for ch in chans {
         let ns = namespace(&node, &ch);
+        let done = results.len();
         let r = node
             .engine
             .publish(&ch, data.clone(), None, &ns)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| {
+                log::warn!("broadcast failed at channel={ch}: {e}");
+                ApiError::new(
+                    503,
+                    "unavailable",
+                    &format!("the engine failed at channel {ch}: the first {done} channels were published, the rest were not"),
+                )
+            })?;
         node.metrics.publications.inc();
         results.push(json!({"channel": ch.as_str(), "offset": r.offset, "epoch": &*r.epoch}));
     }

@@ -15,8 +15,19 @@ use serde::{Deserialize, Deserializer};
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "SWITCHBOARD";
 
-/// Keys whose environment value is a comma separated list.
-const LIST_KEYS: &[&str] = &["api.keys", "server.allowed_origins"];
+/// A list of strings: a TOML array, or (from the environment) one comma separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Text(t) => t.split(',').map(|s| s.trim().to_string()).collect(),
+    })
+}
 
 /// A configuration that could not be loaded: it names the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +98,7 @@ pub struct ServerSettings {
     /// Address to listen on; port 0 picks a free port (logged as `listening on <addr>`).
     pub bind: String,
     /// Allowed `Origin` headers for browser handshakes; `["*"]` allows any.
+    #[serde(deserialize_with = "string_list")]
     pub allowed_origins: Vec<String>,
     /// How long a draining node waits for sessions to close before exiting.
     pub shutdown_timeout: HumanDuration,
@@ -195,6 +207,7 @@ impl Default for AuthSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Keys accepted in `Authorization: apikey <key>`; empty refuses every call.
+    #[serde(deserialize_with = "string_list")]
     pub keys: Vec<String>,
 }
 
@@ -353,20 +366,20 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
             .collect();
-        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
+            // Values stay strings and are converted by the target type, so an all-digit
+            // secret or API key is not turned into a number.
+            .try_parsing(false)
             .source(Some(env_map));
-        for key in LIST_KEYS {
-            environment = environment.with_list_parse_key(key);
-        }
         builder = builder.add_source(environment);
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
-        let settings: Settings = raw
+        let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| ConfigError(e.to_string()))?;
+        // `SWITCHBOARD__API__KEYS=` means "no keys", not one empty key.
+        settings.api.keys.retain(|k| !k.trim().is_empty());
         settings.validate()?;
         Ok(settings)
     }
@@ -469,6 +482,8 @@ mod tests {
                 ("SWITCHBOARD__HEARTBEAT__INTERVAL", "250ms"),
                 ("SWITCHBOARD__LIMITS__MAX_ERRORS", "3"),
                 ("SWITCHBOARD__AUTH__HMAC_SECRET", "12345"),
+                ("SWITCHBOARD__LIMITS__MAX_CONNECTIONS", "7"),
+                ("SWITCHBOARD__CHANNELS__PRESENCE", "false"),
                 ("SWITCHBOARD__NAMESPACES__CHAT__JOIN_LEAVE", "true"),
                 ("OTHER__THING", "x"),
             ]),
@@ -478,6 +493,14 @@ mod tests {
         assert_eq!(s.heartbeat.interval.0, Duration::from_millis(250));
         assert_eq!(s.limits.max_errors, 3);
         assert_eq!(s.auth.hmac_secret.as_deref(), Some("12345"));
+        assert_eq!(s.limits.max_connections, 7);
+        assert!(!s.channels.presence);
+        let one = Settings::load_from(None, env(&[("SWITCHBOARD__API__KEYS", "12345")]))
+            .expect("an all-digit key");
+        assert_eq!(one.api.keys, vec!["12345"]);
+        let none = Settings::load_from(None, env(&[("SWITCHBOARD__API__KEYS", "")]))
+            .expect("empty keys");
+        assert!(none.api.keys.is_empty());
         let ns = Namespaces::new(&s);
         assert!(ns.get("chat").join_leave);
         assert!(ns.get("chat").anonymous, "inherits from [channels]");

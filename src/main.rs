@@ -32,7 +32,15 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        println!("{settings:#?}");
+        let mut shown = settings.clone();
+        let redact = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("<redacted>".into());
+            }
+        };
+        redact(&mut shown.auth.hmac_secret);
+        shown.api.keys.iter_mut().for_each(|k| *k = "<redacted>".into());
+        println!("{shown:#?}");
         return ExitCode::SUCCESS;
     }
     let system = actix_web::rt::System::new();

@@ -271,7 +271,8 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    /// Present-but-null must stay distinguishable from absent: `null` is valid data.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
@@ -279,6 +280,10 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 fn bad(id: &Option<Id>, message: impl Into<String>) -> CommandError {

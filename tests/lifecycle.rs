@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Client, Server};
@@ -77,11 +79,18 @@ async fn stalled_client(s: &Server, channel: &str) -> (common::Ws, String) {
     (ws, welcome["client"].as_str().unwrap().to_string())
 }
 
-/// Publishes `n` messages of `size` bytes from a WebSocket publisher and waits for the replies.
-async fn flood(s: &Server, channel: &str, n: usize, size: usize) {
+/// Publishes `n` messages of `size` bytes from a WebSocket publisher and waits for the
+/// replies. With `paced`, it never runs more than 100 messages ahead of what that reader has
+/// received, so a reader that keeps reading is never behind by more than ~100 messages.
+async fn flood(s: &Server, channel: &str, n: usize, size: usize, paced: Option<&AtomicU64>) {
     let mut p = s.client().await;
     let pad = "x".repeat(size);
     for i in 0..n {
+        if let Some(seen) = paced {
+            while (i as u64) > seen.load(Ordering::Acquire) + 100 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         p.send(json!({"type":"publish","channel":channel,"data":{"i":i,"pad":pad}}))
             .await;
     }
@@ -95,24 +104,27 @@ async fn slow_consumer_is_cut_off_and_others_get_everything() {
     const N: usize = 3000;
     const SIZE: usize = 8192;
     let s = Server::start(&[
-        ("SWITCHBOARD__LIMITS__MAX_PENDING_BYTES", "262144"),
+        ("SWITCHBOARD__LIMITS__MAX_PENDING_BYTES", "4194304"),
         ("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "1000000"),
         ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "10"),
     ]);
     let (mut slow, slow_id) = stalled_client(&s, "flood").await;
     let mut fast = s.client().await;
     fast.subscribe("flood").await;
+    let seen = Arc::new(AtomicU64::new(0));
+    let progress = seen.clone();
     let reader = tokio::spawn(async move {
         let mut next = 1u64;
         while next <= N as u64 {
             let m = fast.recv().await;
             assert_eq!(m["offset"], next, "fast subscriber: in order, no gap");
+            progress.store(next, Ordering::Release);
             next += 1;
         }
         next - 1
     });
     let rss_before = s.rss_kib();
-    flood(&s, "flood", N, SIZE).await;
+    flood(&s, "flood", N, SIZE, Some(&seen)).await;
     s.wait_log(&["slow consumer", &slow_id]).await;
     assert_eq!(reader.await.unwrap(), N as u64);
     let rss_after = s.rss_kib();
@@ -179,7 +191,7 @@ async fn shutdown_with_a_stuck_client_reports_not_ready_and_still_exits_in_time(
         ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "1"),
     ]);
     let (_stuck, _) = stalled_client(&s, "stuck").await;
-    flood(&s, "stuck", 1500, 8192).await;
+    flood(&s, "stuck", 1500, 8192, None).await;
     let started = std::time::Instant::now();
     s.signal("INT");
     s.wait_log(&["draining"]).await;

@@ -7,7 +7,7 @@
 //! offset order.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -68,6 +68,9 @@ fn new_epoch() -> Arc<str> {
 struct Shard {
     channels: HashMap<ChannelName, ChannelState>,
     presence: HashMap<ChannelName, HashMap<String, ClientInfo>>,
+    /// Channels the node is subscribed to: never forgotten, or live subscribers would see
+    /// their epoch change under them.
+    held: HashSet<ChannelName>,
 }
 
 /// The in-memory engine.
@@ -95,18 +98,24 @@ impl MemoryEngine {
         &self.shards[(h.finish() as usize) % LOCK_SHARDS]
     }
 
-    /// Forgets channels whose history has expired and that nobody is present in, so memory
-    /// does not grow with every channel ever used. Called periodically by the node.
+    /// Forgets channels whose history has expired and that nobody on the node subscribes to,
+    /// so memory does not grow with every channel ever used; such a channel's next
+    /// publication starts a new epoch. Called periodically by the node.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in &self.shards {
             let mut shard = shard.lock();
-            let Shard { channels, presence } = &mut *shard;
+            let Shard {
+                channels,
+                presence,
+                held,
+            } = &mut *shard;
             channels.retain(|name, state| {
                 state.drop_expired(now);
                 !(state.history.is_empty()
                     && state.idle_after <= now
-                    && !presence.contains_key(name))
+                    && !presence.contains_key(name)
+                    && !held.contains(name))
             });
         }
     }
@@ -176,11 +185,13 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn subscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.shard(channel).lock().held.insert(channel.clone());
         Ok(())
     }
 
-    async fn unsubscribe_node(&self, _channel: &ChannelName) -> Result<(), EngineError> {
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        self.shard(channel).lock().held.remove(channel);
         Ok(())
     }
 
