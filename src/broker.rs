@@ -65,6 +65,12 @@ impl Outbox {
         }
     }
 
+    /// Counts `n` more bytes whatever the limit: for a `subscribed` reply, whose recovered
+    /// publications are bounded by the namespace's history and must not count as slowness.
+    fn force_reserve(&self, n: usize) {
+        self.pending.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// The session wrote (or dropped) `n` bytes it had been handed.
     pub fn release(&self, n: usize) {
         self.pending.fetch_sub(n, Ordering::AcqRel);
@@ -102,6 +108,12 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// Hands a reply to the session, counted but never refused for size.
+    fn send_reply(&self, sub_id: u64, frame: ByteString) {
+        self.outbox.force_reserve(frame.len());
+        self.deliver.do_send(Deliver { sub_id, frame });
+    }
+
     /// Hands a frame to the session; false when the session is (now) a slow consumer.
     fn send(&self, sub_id: u64, frame: &ByteString, metrics: &Metrics) -> bool {
         if self.outbox.is_slow() {
@@ -532,7 +544,8 @@ impl Handler<JoinReady> for BrokerShard {
         }
         .to_text();
         let buffered = sub.joining.take().unwrap_or_default();
-        let mut ok = sub.session.send(sub.sub_id, &reply, &self.metrics);
+        sub.session.send_reply(sub.sub_id, reply);
+        let mut ok = !sub.session.outbox.is_slow();
         for b in buffered {
             if !ok {
                 break;

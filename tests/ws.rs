@@ -727,3 +727,81 @@ async fn frames_after_close_are_not_sent_and_slots_are_reused() {
     assert!(body.contains("switchboard_subscriptions 1"), "{body}");
     assert!(body.contains("switchboard_deliveries_total 1"), "{body}");
 }
+
+fn sign(alg: jsonwebtoken::Algorithm, private_pem: &str, claims: Value) -> String {
+    let pem = std::fs::read(format!(
+        "{}/tests/fixtures/{private_pem}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let key = match alg {
+        jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem).unwrap(),
+    };
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens() {
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    // RS256 with the key given as a path; ES256 with the PEM text itself.
+    let rs = Server::start(&[(
+        "SWITCHBOARD__AUTH__PUBLIC_KEY_PEM",
+        &format!("{fixtures}/rs256_public.pem"),
+    )]);
+    let ec_pem = std::fs::read_to_string(format!("{fixtures}/es256_public.pem")).unwrap();
+    let es = Server::start(&[("SWITCHBOARD__AUTH__PUBLIC_KEY_PEM", &ec_pem)]);
+    let claims = json!({"sub":"rita","exp":now()+60});
+    let rs_token = sign(
+        jsonwebtoken::Algorithm::RS256,
+        "rs256_private.pem",
+        claims.clone(),
+    );
+    let es_token = sign(
+        jsonwebtoken::Algorithm::ES256,
+        "es256_private.pem",
+        claims.clone(),
+    );
+    assert_eq!(
+        rs.client_with_token(&rs_token).await.welcome["user"],
+        "rita"
+    );
+    assert_eq!(
+        es.client_with_token(&es_token).await.welcome["user"],
+        "rita"
+    );
+    // Each server refuses the other's algorithm, and HS256 (no secret configured).
+    let hs = token("whatever", claims);
+    for (server, bad) in [(&rs, &es_token), (&es, &rs_token), (&rs, &hs), (&es, &hs)] {
+        let e = Client::try_connect(&format!("{}?token={bad}", server.ws_url()), &[])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(http_status(e).0, 401);
+    }
+}
+
+#[tokio::test]
+async fn large_recovery_is_not_mistaken_for_a_slow_consumer() {
+    // 20 publications of ~8 KiB recovered at once exceed max_pending_bytes (64 KiB).
+    let s = Server::start(&[("SWITCHBOARD__LIMITS__MAX_PENDING_BYTES", "65536")]);
+    let mut p = s.client().await;
+    let pad = "p".repeat(8000);
+    let first = p
+        .call(json!({"type":"publish","channel":"big","data":pad}))
+        .await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    for _ in 0..20 {
+        p.call(json!({"type":"publish","channel":"big","data":pad}))
+            .await;
+    }
+    let mut c = s.client().await;
+    let r = c
+        .call(json!({"type":"subscribe","channel":"big","since":{"offset":1,"epoch":epoch}}))
+        .await;
+    assert_eq!(r["recovered"], true);
+    assert_eq!(r["publications"].as_array().unwrap().len(), 20);
+    p.call(json!({"type":"publish","channel":"big","data":1}))
+        .await;
+    assert_eq!(c.recv().await["offset"], 22);
+}
