@@ -805,3 +805,47 @@ async fn large_recovery_is_not_mistaken_for_a_slow_consumer() {
         .await;
     assert_eq!(c.recv().await["offset"], 22);
 }
+
+#[tokio::test]
+async fn wss_with_tls_certificate() {
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let s = Server::start(&[
+        (
+            "SWITCHBOARD__SERVER__TLS_CERT",
+            &format!("{fixtures}/tls_cert.pem"),
+        ),
+        (
+            "SWITCHBOARD__SERVER__TLS_KEY",
+            &format!("{fixtures}/tls_key.pem"),
+        ),
+    ]);
+    assert!(s.log().contains("scheme=https"));
+    let ca = std::fs::read(format!("{fixtures}/tls_ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let url = format!("wss://{}/ws", s.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            config,
+        ))),
+    )
+    .await
+    .expect("wss handshake");
+    use futures_util::StreamExt;
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains(r#""type":"welcome""#));
+    // A plain ws:// client cannot talk to the TLS listener.
+    assert!(Client::try_connect(&s.ws_url(), &[]).await.is_err());
+}
