@@ -69,11 +69,16 @@ impl Server {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    // Record the line before announcing the address, so a test that reads
+                    // the log right after start-up sees the start-up line.
+                    let addr = line
+                        .split("listening on ")
+                        .nth(1)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+                    log.lock().unwrap().push(line);
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr);
                     }
-                    log.lock().unwrap().push(line);
                 }
             });
         }
