@@ -498,8 +498,8 @@ mod tests {
         let one = Settings::load_from(None, env(&[("SWITCHBOARD__API__KEYS", "12345")]))
             .expect("an all-digit key");
         assert_eq!(one.api.keys, vec!["12345"]);
-        let none = Settings::load_from(None, env(&[("SWITCHBOARD__API__KEYS", "")]))
-            .expect("empty keys");
+        let none =
+            Settings::load_from(None, env(&[("SWITCHBOARD__API__KEYS", "")])).expect("empty keys");
         assert!(none.api.keys.is_empty());
         let ns = Namespaces::new(&s);
         assert!(ns.get("chat").join_leave);

@@ -6,8 +6,9 @@
 //!
 //! - [`session`]: one actor per WebSocket (handshake, frames, limits, heartbeat);
 //! - [`broker`]: channel membership and fan-out, sharded by channel over threads;
-//! - [`engine`]: offsets, history, presence and cross-node delivery, behind one trait
-//!   (the in-process [`engine::memory`] engine today);
+//! - [`engine`]: offsets, history, presence and cross-node delivery, behind one trait:
+//!   [`engine::memory`] for a node alone, [`engine::redis`] for a cluster sharing a Redis
+//!   (its schema and server-side functions live in `migrations/`);
 //! - [`protocol`]: every frame on the wire, and the error and close code tables;
 //! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus;
 //! - [`auth`]: JWT verification and channel permissions; [`channel`]: channel names;

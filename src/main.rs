@@ -13,12 +13,23 @@ use switchboard::startup::{wait_for_signal, Application, StartupError};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// What to do; `serve` when left out.
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// TOML configuration file (default: config/default.toml when it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
     /// Load and check the configuration, print it, and exit.
     #[arg(long)]
     check_config: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Run the node (the default).
+    Serve,
+    /// Apply the Redis schema in migrations/ to `engine.redis_url` and exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -39,9 +50,26 @@ fn main() -> ExitCode {
             }
         };
         redact(&mut shown.auth.hmac_secret);
-        shown.api.keys.iter_mut().for_each(|k| *k = "<redacted>".into());
+        shown
+            .api
+            .keys
+            .iter_mut()
+            .for_each(|k| *k = "<redacted>".into());
         println!("{shown:#?}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Cmd::Migrate) = cli.command {
+        let runtime = actix_web::rt::System::new();
+        return match runtime.block_on(switchboard::engine::redis::migrate(&settings)) {
+            Ok(version) => {
+                log::info!("redis schema at version {version}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchboard: migrate failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytestring::ByteString;
 
@@ -12,6 +13,7 @@ use crate::broker::{Broker, EnginePublication, EnginePush};
 use crate::channel::ChannelName;
 use crate::config::{EngineKind, Namespaces, Settings};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineHandler};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -38,6 +40,8 @@ pub struct Node {
     pub draining: AtomicBool,
     /// The memory engine, when that is the kind in use (for its periodic sweep).
     pub memory: Option<Arc<MemoryEngine>>,
+    /// The Redis engine, when that is the kind in use (`shutdown` stops its tasks).
+    pub redis: Option<Arc<RedisEngine>>,
 }
 
 /// Routes what the engine hands over into the broker and the registry.
@@ -82,6 +86,7 @@ impl Node {
         };
         let verifier = Verifier::new(&settings.auth)?;
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let mut redis_engine: Option<Arc<RedisEngine>> = None;
         let (engine, memory): (Arc<dyn Engine>, Option<Arc<MemoryEngine>>) =
             match settings.engine.kind {
                 EngineKind::Memory => {
@@ -89,10 +94,14 @@ impl Node {
                     (m.clone(), Some(m))
                 }
                 EngineKind::Redis => {
-                    return Err(
-                        "key `engine.kind`: the redis engine is not built into this version yet"
-                            .into(),
-                    )
+                    // Runs on the main system runtime, which outlives the node: the engine's
+                    // reader and heartbeat tasks are spawned here, not on a worker's runtime.
+                    // An unreachable Redis starts the node not ready; a newer schema stops it.
+                    let r = RedisEngine::start(RedisOptions::from_settings(&settings, &id))
+                        .await
+                        .map_err(|e| format!("engine: {e}"))?;
+                    redis_engine = Some(r.clone());
+                    (r, None)
                 }
             };
         let broker = Broker::start(settings.broker_shards(), engine.clone(), metrics.clone());
@@ -101,7 +110,7 @@ impl Node {
             broker: broker.clone(),
             registry: registry.clone(),
         }));
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             id,
             namespaces: Namespaces::new(&settings),
             settings,
@@ -112,7 +121,12 @@ impl Node {
             metrics,
             draining: AtomicBool::new(false),
             memory,
-        }))
+            redis: redis_engine,
+        });
+        if let Some(r) = &node.redis {
+            spawn_count_publisher(&node, r);
+        }
+        Ok(node)
     }
 
     /// True while the node accepts new work.
@@ -124,4 +138,30 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.engine.is_ready()
     }
+}
+
+/// How often a Redis-backed node hands its local subscriber counts to the engine, which
+/// writes them to `<p>:subs:{node}` for cluster-wide `GET /api/channels`.
+const COUNTS_PERIOD: Duration = Duration::from_secs(2);
+
+/// Periodically copies the broker's local counts into the Redis engine. Holds only weak
+/// references, so the task ends when the node is dropped.
+fn spawn_count_publisher(node: &Arc<Node>, engine: &Arc<RedisEngine>) {
+    let node = Arc::downgrade(node);
+    let engine = Arc::downgrade(engine);
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(COUNTS_PERIOD);
+        loop {
+            tick.tick().await;
+            let Some(n) = node.upgrade() else { break };
+            let broker = n.broker.clone();
+            drop(n);
+            let counts = broker.channel_counts().await;
+            drop(broker);
+            match engine.upgrade() {
+                Some(e) => e.set_local_counts(counts),
+                None => break,
+            }
+        }
+    });
 }

@@ -180,6 +180,11 @@ async fn drain(node: &Node) {
     if left > 0 {
         log::warn!("shutdown timeout with {left} sessions still open");
     }
+    // The engine's background tasks hold the node through its handler; stop them so an
+    // in-process node (tests) really goes away.
+    if let Some(redis) = &node.redis {
+        redis.shutdown();
+    }
     log::info!("stopped node={}", node.id);
 }
 

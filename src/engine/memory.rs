@@ -112,10 +112,11 @@ impl MemoryEngine {
             } = &mut *shard;
             channels.retain(|name, state| {
                 state.drop_expired(now);
-                !(state.history.is_empty()
+                let forgettable = state.history.is_empty()
                     && state.idle_after <= now
                     && !presence.contains_key(name)
-                    && !held.contains(name))
+                    && !held.contains(name);
+                !forgettable
             });
         }
     }

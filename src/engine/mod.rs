@@ -5,6 +5,7 @@
 //! the memory engine as for Redis, so one delivery path is exercised by every test.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -1,0 +1,324 @@
+//! Several real `switchboard` processes sharing one real Redis (started per test on a free
+//! port): one order and one set of offsets across nodes, recovery on another node after a
+//! SIGKILL, a Redis outage mid-traffic, and nodes starting together on an empty Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, unique_prefix, Client, Redis, Server};
+use serde_json::{json, Value};
+
+const KEY: &str = "cluster-key";
+
+fn node(redis: &Redis, prefix: &str, name: &str) -> Server {
+    Server::start(&[
+        ("SWITCHBOARD__ENGINE__KIND", "redis"),
+        ("SWITCHBOARD__ENGINE__REDIS_URL", &redis.url()),
+        ("SWITCHBOARD__ENGINE__PREFIX", prefix),
+        ("SWITCHBOARD__SERVER__NODE_ID", name),
+        ("SWITCHBOARD__API__KEYS", KEY),
+        ("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "100000"),
+        ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "1000"),
+    ])
+}
+
+async fn ready(s: &Server) {
+    eventually("node ready", || async {
+        (s.http("GET", "/readyz", &[], None).await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+/// Reads `n` messages of `channel` and returns (offset, data) pairs.
+async fn read_messages(c: &mut Client, n: usize) -> Vec<(u64, Value)> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let m = c.recv().await;
+        if m["type"] == "message" {
+            got.push((m["offset"].as_u64().unwrap(), m["data"].clone()));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn every_node_sees_one_order_and_one_set_of_offsets() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let nodes: Vec<Server> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| node(&redis, &prefix, n))
+        .collect();
+    for n in &nodes {
+        ready(n).await;
+    }
+    let mut subs = Vec::new();
+    for n in &nodes {
+        for _ in 0..2 {
+            let mut c = n.client().await;
+            c.subscribe("room").await;
+            subs.push(c);
+        }
+    }
+    const PER_NODE: usize = 100;
+    let mut publishers = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let url = n.ws_url();
+        publishers.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url, &[]).await;
+            for k in 0..PER_NODE {
+                p.send(json!({"type":"publish","channel":"room","data":{"node":i,"k":k}}))
+                    .await;
+            }
+            let mut offsets = Vec::new();
+            for _ in 0..PER_NODE {
+                let r = p.recv().await;
+                assert_eq!(r["type"], "published", "{r}");
+                offsets.push(r["offset"].as_u64().unwrap());
+            }
+            offsets
+        }));
+    }
+    let mut all_offsets = Vec::new();
+    for p in publishers {
+        let offsets = p.await.unwrap();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "one connection's publications keep their order"
+        );
+        all_offsets.extend(offsets);
+    }
+    all_offsets.sort();
+    assert_eq!(all_offsets, (1..=(3 * PER_NODE) as u64).collect::<Vec<_>>());
+    let mut sequences = Vec::new();
+    for c in subs.iter_mut() {
+        let got = read_messages(c, 3 * PER_NODE).await;
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (1..=(3 * PER_NODE) as u64).collect::<Vec<_>>()
+        );
+        sequences.push(got);
+    }
+    assert!(
+        sequences.windows(2).all(|w| w[0] == w[1]),
+        "every subscriber on every node saw the same sequence"
+    );
+    // The API counts subscribers across the cluster, from any node.
+    let counted = eventually("cluster-wide channel counts", || async {
+        let (_, r) = nodes[0].api("GET", "/api/channels", KEY, None).await;
+        (r["channels"] == json!([{"channel":"room","subscribers":6}])).then_some(r)
+    })
+    .await;
+    assert_eq!(counted["channels"][0]["subscribers"], 6);
+}
+
+#[tokio::test]
+async fn a_killed_node_s_subscriber_recovers_on_another_node() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a");
+    let b = node(&redis, &prefix, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut sub = a.client().await;
+    let r = sub.subscribe("feed").await;
+    let epoch = r["epoch"].as_str().unwrap().to_string();
+    let mut publ = b.client().await;
+    for i in 1..=10 {
+        publ.call(json!({"type":"publish","channel":"feed","data":i}))
+            .await;
+    }
+    let got = read_messages(&mut sub, 10).await;
+    let last = got.last().unwrap().0;
+    assert_eq!(last, 10);
+    a.signal("KILL");
+    // Publications continue while the subscriber is away.
+    for i in 11..=25 {
+        publ.call(json!({"type":"publish","channel":"feed","data":i}))
+            .await;
+    }
+    let mut again = b.client().await;
+    let r = again
+        .call(json!({"type":"subscribe","channel":"feed","since":{"offset":last,"epoch":epoch}}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let offs: Vec<u64> = r["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, (11..=25).collect::<Vec<u64>>());
+    publ.call(json!({"type":"publish","channel":"feed","data":26}))
+        .await;
+    assert_eq!(
+        read_messages(&mut again, 1).await[0].0,
+        26,
+        "live traffic continues with no gap"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_mid_traffic() {
+    let mut redis = Redis::start();
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a");
+    let b = node(&redis, &prefix, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut sub = a.client().await;
+    let first = sub.subscribe("live").await;
+    let old_epoch = first["epoch"].as_str().unwrap().to_string();
+    let mut publ = b.client().await;
+    publ.call(json!({"type":"publish","channel":"live","data":1}))
+        .await;
+    assert_eq!(read_messages(&mut sub, 1).await[0].0, 1);
+
+    redis.kill();
+    eventually("node a not ready", || async {
+        (a.http("GET", "/readyz", &[], None).await.0 == 503).then_some(())
+    })
+    .await;
+    eventually("node b not ready", || async {
+        (b.http("GET", "/readyz", &[], None).await.0 == 503).then_some(())
+    })
+    .await;
+    let r = publ
+        .call(json!({"type":"publish","id":1,"channel":"live","data":2}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{r}"
+    );
+    let (status, _) = b
+        .api(
+            "POST",
+            "/api/publish",
+            KEY,
+            Some(json!({"channel":"live","data":2})),
+        )
+        .await;
+    assert_eq!(status, 503);
+    // Clients stay connected and local work goes on.
+    assert_eq!(sub.call(json!({"type":"ping"})).await["type"], "pong");
+
+    redis.restart();
+    ready(&a).await;
+    ready(&b).await;
+    // Redis came back empty: a new epoch, offsets from 1, and live subscribers are told.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let r = loop {
+        let r = publ
+            .call(json!({"type":"publish","channel":"live","data":3}))
+            .await;
+        if r["type"] == "published" {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publish never accepted again: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(r["epoch"], old_epoch.as_str());
+    assert_eq!(r["offset"], 1);
+    let reset = sub.recv_type("reset").await;
+    assert_eq!(reset["epoch"], r["epoch"]);
+    let m = sub.recv_type("message").await;
+    assert_eq!(
+        (m["offset"].as_u64(), m["data"].clone()),
+        (Some(1), json!(3))
+    );
+    // An old position is not recovered in the new epoch.
+    let mut late = b.client().await;
+    let r = late
+        .call(json!({"type":"subscribe","channel":"live","since":{"offset":1,"epoch":old_epoch}}))
+        .await;
+    assert_eq!(r["recovered"], false);
+}
+
+#[tokio::test]
+async fn three_nodes_start_together_on_an_empty_redis() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let handles: Vec<_> = ["x", "y", "z"]
+        .iter()
+        .map(|n| {
+            let url = redis.url();
+            let prefix = prefix.clone();
+            let n = n.to_string();
+            std::thread::spawn(move || {
+                Server::start(&[
+                    ("SWITCHBOARD__ENGINE__KIND", "redis"),
+                    ("SWITCHBOARD__ENGINE__REDIS_URL", &url),
+                    ("SWITCHBOARD__ENGINE__PREFIX", &prefix),
+                    ("SWITCHBOARD__SERVER__NODE_ID", &n),
+                ])
+            })
+        })
+        .collect();
+    let nodes: Vec<Server> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for n in &nodes {
+        ready(n).await;
+    }
+    let applied: usize = nodes
+        .iter()
+        .map(|n| n.log().matches("migration applied").count())
+        .sum();
+    assert_eq!(
+        applied,
+        1,
+        "exactly one node applied the schema:\n{}",
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    );
+    let mut c = nodes[2].client().await;
+    c.subscribe("s").await;
+    let mut p = nodes[0].client().await;
+    p.call(json!({"type":"publish","channel":"s","data":"hello"}))
+        .await;
+    assert_eq!(c.recv_type("message").await["data"], "hello");
+}
+
+#[tokio::test]
+async fn migrate_command_and_newer_schema_refusal() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .env("SWITCHBOARD__ENGINE__KIND", "redis")
+            .env("SWITCHBOARD__ENGINE__REDIS_URL", redis.url())
+            .env("SWITCHBOARD__ENGINE__PREFIX", &prefix)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("run switchboard")
+    };
+    let first = run(&["migrate"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("migration applied"));
+    let second = run(&["migrate"]);
+    assert!(second.status.success());
+    assert!(!String::from_utf8_lossy(&second.stderr).contains("migration applied"), "applied once");
+    assert!(redis.cmd(&["GET", &format!("{prefix}:schema")]).contains('1'));
+    // A schema from a newer release: the node refuses to start, naming both versions.
+    redis.cmd(&["SET", &format!("{prefix}:schema"), "999"]);
+    let refused = Server::try_start(&[
+        ("SWITCHBOARD__ENGINE__KIND", "redis"),
+        ("SWITCHBOARD__ENGINE__REDIS_URL", &redis.url()),
+        ("SWITCHBOARD__ENGINE__PREFIX", &prefix),
+    ]);
+    let (code, log) = match refused {
+        Ok(_) => panic!("started against a newer schema"),
+        Err(e) => e,
+    };
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("999"), "{log}");
+}

@@ -1,0 +1,976 @@
+//! The engine contract, run against both engines through one conformance suite, plus what
+//! only the Redis engine does: migrations under a lock, refusing a newer schema, surviving a
+//! Redis that restarts empty, gap filling from history, and cluster-wide presence, counts
+//! and disconnects between several engines ("nodes") in one process.
+//!
+//! Every test starts its own `redis-server` on a free port with a unique key prefix, and
+//! waits on events by bounded polling, never on a fixed sleep.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use serde_json::Value as Json;
+
+use switchboard::channel::ChannelName;
+use switchboard::config::{HumanDuration, NamespaceOptions, Settings};
+use switchboard::engine::memory::MemoryEngine;
+use switchboard::engine::redis::{migrate, RedisEngine, RedisOptions, SCHEMA_VERSION};
+use switchboard::engine::{Engine, EngineError, EngineHandler};
+use switchboard::protocol::{ClientInfo, StreamPosition};
+
+/// Longest any awaited event may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// A private redis-server per test.
+
+/// A `redis-server` child on its own port, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let mut s = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for these tests");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while !self.answers_ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the server and starts an empty one on the same port.
+    fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn con(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("test connection")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn prefix() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+fn options(redis: &RedisServer, prefix: &str, node: &str) -> RedisOptions {
+    let mut settings = Settings::default();
+    settings.engine.redis_url = redis.url();
+    settings.engine.prefix = prefix.to_string();
+    let mut o = RedisOptions::from_settings(&settings, node);
+    // Short periods so that expiry and reconnection happen within a test.
+    o.command_timeout = Duration::from_millis(700);
+    o.start_timeout = Duration::from_secs(2);
+    o.max_backoff = Duration::from_millis(200);
+    o.health_period = Duration::from_millis(100);
+    o.presence_period = Duration::from_millis(100);
+    o.node_period = Duration::from_millis(100);
+    o.disconnect_wait = Duration::from_secs(1);
+    o
+}
+
+async fn redis_engine(redis: &RedisServer, prefix: &str, node: &str) -> Arc<RedisEngine> {
+    let e = RedisEngine::start(options(redis, prefix, node))
+        .await
+        .expect("engine starts");
+    wait_for("engine ready", || e.is_ready()).await;
+    e
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for_async<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name).expect("valid channel")
+}
+
+fn data(v: Json) -> Arc<RawValue> {
+    Arc::from(RawValue::from_string(v.to_string()).expect("raw json"))
+}
+
+fn ns(history_size: usize) -> NamespaceOptions {
+    NamespaceOptions {
+        history_size,
+        history_ttl: HumanDuration(Duration::from_secs(60)),
+        ..NamespaceOptions::default()
+    }
+}
+
+fn info(client: &str, user: &str) -> ClientInfo {
+    ClientInfo {
+        client: client.into(),
+        user: user.into(),
+    }
+}
+
+/// A publication the handler received.
+#[derive(Debug, Clone)]
+struct Got {
+    channel: String,
+    offset: u64,
+    epoch: String,
+    frame: Json,
+}
+
+/// Records what the engine hands to the node.
+#[derive(Default)]
+struct Recorder {
+    publications: Mutex<Vec<Got>>,
+    pushes: Mutex<Vec<(String, String)>>,
+    disconnects: Mutex<Vec<String>>,
+    /// What `disconnect_user` answers (sessions "closed" on this node).
+    sessions: usize,
+}
+
+impl Recorder {
+    fn with_sessions(sessions: usize) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            sessions,
+            ..Recorder::default()
+        })
+    }
+
+    fn of(&self, channel: &str) -> Vec<Got> {
+        self.publications
+            .lock()
+            .iter()
+            .filter(|g| g.channel == channel)
+            .cloned()
+            .collect()
+    }
+}
+
+impl EngineHandler for Recorder {
+    fn on_publication(
+        &self,
+        channel: ChannelName,
+        offset: u64,
+        epoch: Arc<str>,
+        frame: ByteString,
+    ) {
+        let frame = serde_json::from_str(&frame).expect("frame is JSON");
+        self.publications.lock().push(Got {
+            channel: channel.to_string(),
+            offset,
+            epoch: epoch.to_string(),
+            frame,
+        });
+    }
+
+    fn on_push(&self, channel: ChannelName, frame: ByteString) {
+        self.pushes
+            .lock()
+            .push((channel.to_string(), frame.to_string()));
+    }
+
+    fn disconnect_user(&self, user: &str) -> usize {
+        self.disconnects.lock().push(user.to_string());
+        self.sessions
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The conformance suite, for any engine.
+
+async fn conformance(engine: Arc<dyn Engine>) {
+    let rec = Arc::new(Recorder::default());
+    engine.set_handler(rec.clone());
+    wait_for("engine ready", || engine.is_ready()).await;
+    let ns10 = ns(10);
+
+    // Publish assigns 1, 2, 3 in one epoch.
+    let c = ch("conf:offsets");
+    let mut epochs = Vec::new();
+    for (i, expected) in (1..=3u64).enumerate() {
+        let r = engine
+            .publish(&c, data(serde_json::json!({ "n": i })), None, &ns10)
+            .await
+            .expect("publish");
+        assert_eq!(r.offset, expected);
+        epochs.push(r.epoch);
+    }
+    assert!(
+        epochs.iter().all(|e| *e == epochs[0]),
+        "one epoch: {epochs:?}"
+    );
+    let epoch = epochs[0].to_string();
+
+    // History: newest N, oldest first; and "since".
+    let h = engine.history(&c, None, 2, &ns10).await.expect("history");
+    assert_eq!(h.offset, 3);
+    assert_eq!(&*h.epoch, epoch.as_str());
+    assert_eq!(offsets(&h.publications), vec![2, 3]);
+    assert_eq!(h.publications[1].data.get(), r#"{"n":2}"#);
+    let since = StreamPosition {
+        offset: 1,
+        epoch: epoch.clone(),
+    };
+    let h = engine
+        .history(&c, Some(&since), 1, &ns10)
+        .await
+        .expect("history since");
+    assert_eq!(offsets(&h.publications), vec![2]);
+    assert!(h.recovered);
+    let h = engine
+        .history(&c, None, 0, &ns10)
+        .await
+        .expect("position only");
+    assert_eq!((h.offset, h.publications.len()), (3, 0));
+
+    // Recovery: same epoch within the window; up to date; other epoch; gap trimmed out.
+    let h = engine
+        .history(&c, Some(&since), 10, &ns10)
+        .await
+        .expect("recover");
+    assert!(h.recovered);
+    assert_eq!(offsets(&h.publications), vec![2, 3]);
+    let latest = StreamPosition {
+        offset: 3,
+        epoch: epoch.clone(),
+    };
+    let h = engine
+        .history(&c, Some(&latest), 10, &ns10)
+        .await
+        .expect("up to date");
+    assert!(h.recovered);
+    assert!(h.publications.is_empty());
+    let other = StreamPosition {
+        offset: 1,
+        epoch: "another".into(),
+    };
+    let h = engine
+        .history(&c, Some(&other), 10, &ns10)
+        .await
+        .expect("other epoch");
+    assert!(!h.recovered);
+    assert!(h.publications.is_empty());
+    let small = ns(3);
+    let t = ch("conf:trimmed");
+    let mut e = String::new();
+    for i in 0..6 {
+        e = engine
+            .publish(&t, data(serde_json::json!(i)), None, &small)
+            .await
+            .expect("publish")
+            .epoch
+            .to_string();
+    }
+    let h = engine
+        .history(
+            &t,
+            Some(&StreamPosition {
+                offset: 1,
+                epoch: e.clone(),
+            }),
+            3,
+            &small,
+        )
+        .await
+        .expect("trimmed");
+    assert!(!h.recovered, "offsets 2 and 3 were trimmed");
+    let h = engine
+        .history(
+            &t,
+            Some(&StreamPosition {
+                offset: 3,
+                epoch: e.clone(),
+            }),
+            3,
+            &small,
+        )
+        .await
+        .expect("still held");
+    assert!(h.recovered);
+    assert_eq!(offsets(&h.publications), vec![4, 5, 6]);
+
+    // A position from nowhere (an offset past anything) is simply not recovered.
+    let far = StreamPosition {
+        offset: u64::MAX,
+        epoch: epoch.clone(),
+    };
+    let h = engine
+        .history(&c, Some(&far), 10, &ns10)
+        .await
+        .expect("far offset");
+    assert!(!h.recovered);
+    assert!(h.publications.is_empty());
+
+    // A channel never published: offset 0, and its first publication keeps that epoch.
+    let fresh = ch("conf:fresh");
+    let h = engine
+        .history(&fresh, None, 10, &ns10)
+        .await
+        .expect("fresh");
+    assert_eq!(h.offset, 0);
+    let r = engine
+        .publish(&fresh, data(serde_json::json!(1)), None, &ns10)
+        .await
+        .expect("publish");
+    assert_eq!((r.offset, &*r.epoch), (1, &*h.epoch));
+
+    // Presence: add, list, remove.
+    let p = ch("conf:presence");
+    engine
+        .presence_add(&p, &info("c1", "alice"), &ns10)
+        .await
+        .expect("add");
+    engine
+        .presence_add(&p, &info("c2", ""), &ns10)
+        .await
+        .expect("add");
+    let list = engine.presence(&p).await.expect("presence");
+    let pairs: Vec<(&str, &str)> = list
+        .iter()
+        .map(|e| (e.client.as_str(), e.user.as_str()))
+        .collect();
+    assert_eq!(pairs, vec![("c1", "alice"), ("c2", "")]);
+    assert!(list.iter().all(|e| !e.node.is_empty()));
+    engine.presence_remove(&p, "c1").await.expect("remove");
+    let list = engine.presence(&p).await.expect("presence");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].client, "c2");
+
+    // Publications reach the handler, in order, with their ready frame.
+    let live = ch("conf:live");
+    engine.subscribe_node(&live).await.expect("subscribe node");
+    let who = info("c9", "bob");
+    let mut live_epoch = String::new();
+    for i in 1..=20u64 {
+        let r = engine
+            .publish(
+                &live,
+                data(serde_json::json!({ "i": i })),
+                Some(who.clone()),
+                &ns10,
+            )
+            .await
+            .expect("publish");
+        live_epoch = r.epoch.to_string();
+    }
+    wait_for("20 live publications", || rec.of("conf:live").len() >= 20).await;
+    let got = rec.of("conf:live");
+    assert_eq!(
+        got.iter().map(|g| g.offset).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|g| g.epoch == live_epoch));
+    assert_eq!(
+        got[4].frame,
+        serde_json::json!({"type":"message","channel":"conf:live","offset":5,"data":{"i":5},"info":{"client":"c9","user":"bob"}})
+    );
+
+    // Pushes reach on_push as they were sent.
+    let frame = r#"{"type":"join","channel":"conf:live","info":{"client":"c9","user":"bob"}}"#;
+    engine
+        .push(&live, ByteString::from(frame))
+        .await
+        .expect("push");
+    wait_for("push", || !rec.pushes.lock().is_empty()).await;
+    assert_eq!(
+        rec.pushes.lock()[0],
+        ("conf:live".to_string(), frame.to_string())
+    );
+    engine
+        .unsubscribe_node(&live)
+        .await
+        .expect("unsubscribe node");
+
+    // history_size 0: offsets still assigned, nothing kept.
+    let none = ns(0);
+    let z = ch("conf:nohistory");
+    for expected in 1..=3u64 {
+        let r = engine
+            .publish(&z, data(serde_json::json!(expected)), None, &none)
+            .await
+            .expect("publish");
+        assert_eq!(r.offset, expected);
+    }
+    let h = engine.history(&z, None, 10, &none).await.expect("history");
+    assert_eq!(h.offset, 3);
+    assert!(h.publications.is_empty());
+
+    // disconnect_user reaches this node's handler.
+    let n = engine.disconnect_user("alice").await.expect("disconnect");
+    assert_eq!(n, 0);
+    assert_eq!(rec.disconnects.lock().as_slice(), ["alice".to_string()]);
+}
+
+fn offsets(p: &[switchboard::protocol::Publication]) -> Vec<u64> {
+    p.iter().map(|p| p.offset).collect()
+}
+
+#[tokio::test]
+async fn conformance_memory() {
+    conformance(Arc::new(MemoryEngine::new("node-mem"))).await;
+}
+
+#[tokio::test]
+async fn conformance_redis() {
+    let redis = RedisServer::start();
+    let engine = redis_engine(&redis, &prefix(), "node-a").await;
+    conformance(engine).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only.
+
+#[tokio::test]
+async fn three_nodes_starting_together_migrate_once() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let (a, b, c) = tokio::join!(
+        RedisEngine::start(options(&redis, &p, "n1")),
+        RedisEngine::start(options(&redis, &p, "n2")),
+        RedisEngine::start(options(&redis, &p, "n3")),
+    );
+    let nodes = [a.expect("n1"), b.expect("n2"), c.expect("n3")];
+    for n in &nodes {
+        wait_for("ready", || n.is_ready()).await;
+    }
+    let mut con = redis.con().await;
+    let schema: String = redis::cmd("GET")
+        .arg(format!("{p}:schema"))
+        .query_async(&mut con)
+        .await
+        .expect("schema");
+    assert_eq!(schema, SCHEMA_VERSION.to_string());
+    let log: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{p}:migrations"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut con)
+        .await
+        .expect("migration log");
+    assert_eq!(log.len(), 1, "applied once: {log:?}");
+    let libs: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .expect("list");
+    match libs {
+        redis::Value::Array(l) => assert_eq!(l.len(), 1, "one library"),
+        other => panic!("unexpected FUNCTION LIST reply {other:?}"),
+    }
+    // The stand-alone migration agrees and applies nothing more.
+    let mut settings = Settings::default();
+    settings.engine.redis_url = redis.url();
+    settings.engine.prefix = p.clone();
+    assert_eq!(migrate(&settings).await, Ok(SCHEMA_VERSION));
+}
+
+#[tokio::test]
+async fn newer_schema_refuses_start() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let mut con = redis.con().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}:schema"))
+        .arg(SCHEMA_VERSION + 41)
+        .query_async(&mut con)
+        .await
+        .expect("set schema");
+    let err = RedisEngine::start(options(&redis, &p, "n1"))
+        .await
+        .expect_err("refused");
+    let newer = (SCHEMA_VERSION + 41).to_string();
+    assert!(
+        err.contains(&newer) && err.contains(&SCHEMA_VERSION.to_string()),
+        "{err}"
+    );
+    let mut settings = Settings::default();
+    settings.engine.redis_url = redis.url();
+    settings.engine.prefix = p;
+    let err = migrate(&settings).await.expect_err("refused");
+    assert!(err.contains(&newer), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_redis_starts_not_ready_then_connects() {
+    let mut redis = RedisServer::start();
+    let p = prefix();
+    redis.kill();
+    let engine = RedisEngine::start(options(&redis, &p, "n1"))
+        .await
+        .expect("starts anyway");
+    assert!(!engine.is_ready());
+    let started = Instant::now();
+    let err = engine
+        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect_err("unavailable");
+    assert!(matches!(err, EngineError::Unavailable(_)));
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+    redis.spawn();
+    wait_for("ready after redis appears", || engine.is_ready()).await;
+    let r = engine
+        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    assert_eq!(r.offset, 1);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_recovers_with_a_new_epoch() {
+    let mut redis = RedisServer::start();
+    let p = prefix();
+    let engine = redis_engine(&redis, &p, "n1").await;
+    let rec = Arc::new(Recorder::default());
+    engine.set_handler(rec.clone());
+    let c = ch("room");
+    engine.subscribe_node(&c).await.expect("subscribe");
+    let first = engine
+        .publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    engine
+        .publish(&c, data(serde_json::json!(2)), None, &ns(10))
+        .await
+        .expect("publish");
+    wait_for("two publications", || rec.of("room").len() == 2).await;
+
+    redis.kill();
+    wait_for("not ready", || !engine.is_ready()).await;
+    let started = Instant::now();
+    let err = engine
+        .publish(&c, data(serde_json::json!(3)), None, &ns(10))
+        .await;
+    assert!(matches!(err, Err(EngineError::Unavailable(_))), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+
+    redis.restart_empty();
+    wait_for("ready again", || engine.is_ready()).await;
+    let again = engine
+        .publish(&c, data(serde_json::json!(4)), None, &ns(10))
+        .await
+        .expect("publish");
+    assert_eq!(again.offset, 1, "offsets restart");
+    assert_ne!(again.epoch, first.epoch, "in a new epoch");
+    wait_for("publication after restart", || rec.of("room").len() == 3).await;
+    let got = rec.of("room");
+    assert_eq!((got[2].offset, got[2].epoch.as_str()), (1, &*again.epoch));
+    let mut con = redis.con().await;
+    let schema: Option<String> = redis::cmd("GET")
+        .arg(format!("{p}:schema"))
+        .query_async(&mut con)
+        .await
+        .expect("get");
+    assert_eq!(
+        schema,
+        Some(SCHEMA_VERSION.to_string()),
+        "migrations re-applied"
+    );
+}
+
+#[tokio::test]
+async fn function_flushed_is_reloaded_on_publish() {
+    let redis = RedisServer::start();
+    let engine = redis_engine(&redis, &prefix(), "n1").await;
+    let mut con = redis.con().await;
+    let _: () = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .expect("flush");
+    let r = engine
+        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    assert_eq!(r.offset, 1);
+}
+
+#[tokio::test]
+async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let a = redis_engine(&redis, &p, "na").await;
+    let b = redis_engine(&redis, &p, "nb").await;
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    let c = ch("chat:gap");
+    b.subscribe_node(&c).await.expect("subscribe");
+    let r1 = a
+        .publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    wait_for("first", || rec.of("chat:gap").len() == 1).await;
+
+    // Offsets 2 and 3 are assigned and stored but their pub/sub messages are lost.
+    let mut con = redis.con().await;
+    for i in 2..=3 {
+        let _: redis::Value = redis::cmd("FCALL")
+            .arg("switchboard_v1_publish")
+            .arg(2)
+            .arg(format!("{p}:meta:{{chat:gap}}"))
+            .arg(format!("{p}:history:{{chat:gap}}"))
+            .arg("unused")
+            .arg(format!(r#"{{"data":{i}}}"#))
+            .arg(10)
+            .arg(60_000)
+            .arg(120_000)
+            .arg("nowhere")
+            .query_async(&mut con)
+            .await
+            .expect("silent publish");
+    }
+    a.publish(&c, data(serde_json::json!(4)), None, &ns(10))
+        .await
+        .expect("publish");
+    wait_for("gap filled", || rec.of("chat:gap").len() == 4).await;
+    let got = rec.of("chat:gap");
+    assert_eq!(
+        got.iter().map(|g| g.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(got[2].frame["data"], 3);
+    assert!(got.iter().all(|g| g.epoch == *r1.epoch));
+}
+
+#[tokio::test]
+async fn presence_counts_and_disconnects_span_nodes() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let a = redis_engine(&redis, &p, "na").await;
+    let b = redis_engine(&redis, &p, "nb").await;
+    let (ra, rb) = (Recorder::with_sessions(2), Recorder::with_sessions(3));
+    a.set_handler(ra.clone());
+    b.set_handler(rb.clone());
+
+    // Disconnect reaches every node and sums their answers.
+    let n = a.disconnect_user("mallory").await.expect("disconnect");
+    assert_eq!(n, 5);
+    assert_eq!(rb.disconnects.lock().as_slice(), ["mallory".to_string()]);
+
+    // Channel counts add up across live nodes.
+    b.set_local_counts(vec![("x".into(), 3), ("y".into(), 1)]);
+    wait_for_async("b's counts", || {
+        let a = a.clone();
+        async move {
+            a.channels(vec![("x".into(), 2)]).await.ok()
+                == Some(vec![("x".to_string(), 5), ("y".to_string(), 1)])
+        }
+    })
+    .await;
+
+    // Presence from both nodes; a node that goes away takes its entries with it.
+    let c = ch("room:p");
+    a.presence_add(&c, &info("ca", "alice"), &ns(10))
+        .await
+        .expect("add");
+    b.presence_add(&c, &info("cb", "bob"), &ns(10))
+        .await
+        .expect("add");
+    let list = a.presence(&c).await.expect("presence");
+    let nodes: Vec<(&str, &str)> = list
+        .iter()
+        .map(|e| (e.client.as_str(), e.node.as_str()))
+        .collect();
+    assert_eq!(nodes, vec![("ca", "na"), ("cb", "nb")]);
+    b.shutdown();
+    drop(b);
+    wait_for_async("b's presence expires", || {
+        let a = a.clone();
+        let c = c.clone();
+        async move { a.presence(&c).await.map(|l| l.len()).ok() == Some(1) }
+    })
+    .await;
+    // ...and so do its counts, while a's own entry is still refreshed.
+    wait_for_async("b's counts expire", || {
+        let a = a.clone();
+        async move { a.channels(vec![("x".into(), 2)]).await.ok() == Some(vec![("x".to_string(), 2)]) }
+    })
+    .await;
+    assert_eq!(a.presence(&c).await.expect("presence")[0].client, "ca");
+}
+
+#[tokio::test]
+async fn subscription_resumes_after_restart_across_nodes() {
+    let mut redis = RedisServer::start();
+    let p = prefix();
+    let a = redis_engine(&redis, &p, "na").await;
+    let b = redis_engine(&redis, &p, "nb").await;
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    let c = ch("resume");
+    b.subscribe_node(&c).await.expect("subscribe");
+    a.publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    wait_for("first", || rec.of("resume").len() == 1).await;
+    redis.restart_empty();
+    wait_for("both ready", || a.is_ready() && b.is_ready()).await;
+    // a may still hold its dead connection for one command; the caller would retry.
+    wait_for_async("publish works again", || {
+        let a = a.clone();
+        let c = c.clone();
+        async move {
+            a.publish(&c, data(serde_json::json!(2)), None, &ns(10))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    wait_for("publication in the new epoch", || {
+        rec.of("resume").len() >= 2
+    })
+    .await;
+    let got = rec.of("resume");
+    assert_eq!(got[1].offset, 1);
+    assert_ne!(got[1].epoch, got[0].epoch);
+}
+
+// ---------------------------------------------------------------------------------------
+// Two real nodes (in-process applications) sharing one Redis.
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start_node(
+    redis: &RedisServer,
+    prefix: &str,
+    node: &str,
+) -> (u16, switchboard::startup::Shutdown) {
+    let mut settings = Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.node_id = node.into();
+    settings.server.workers = 1;
+    settings.server.broker_shards = 1;
+    settings.engine.kind = switchboard::config::EngineKind::Redis;
+    settings.engine.redis_url = redis.url();
+    settings.engine.prefix = prefix.into();
+    settings.api.keys = vec!["k".into()];
+    let app = switchboard::startup::Application::build(settings)
+        .await
+        .expect("node builds");
+    let (port, shutdown) = (app.port(), app.shutdown_handle());
+    actix_web::rt::spawn(app.run_until_stopped());
+    (port, shutdown)
+}
+
+async fn ws(port: u16) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .expect("ws connects");
+    assert_eq!(next_frame(&mut ws).await["type"], "welcome");
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Json) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        v.to_string().into(),
+    ))
+    .await
+    .expect("send");
+}
+
+async fn next_frame(ws: &mut Ws) -> Json {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("json frame");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn two_nodes_deliver_across_redis() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let (port1, stop1) = start_node(&redis, &p, "n1").await;
+    let (port2, stop2) = start_node(&redis, &p, "n2").await;
+
+    let mut sub = ws(port1).await;
+    send(
+        &mut sub,
+        serde_json::json!({"type":"subscribe","id":1,"channel":"chat:x"}),
+    )
+    .await;
+    let r = next_frame(&mut sub).await;
+    assert_eq!(
+        (r["type"].as_str(), r["offset"].as_u64()),
+        (Some("subscribed"), Some(0)),
+        "{r}"
+    );
+    let epoch = r["epoch"].as_str().expect("epoch").to_string();
+
+    let mut publisher = ws(port2).await;
+    for i in 1..=5 {
+        send(
+            &mut publisher,
+            serde_json::json!({"type":"publish","id":i,"channel":"chat:x","data":{"i":i}}),
+        )
+        .await;
+        let r = next_frame(&mut publisher).await;
+        assert_eq!(
+            (r["type"].as_str(), r["offset"].as_u64()),
+            (Some("published"), Some(i)),
+            "{r}"
+        );
+        assert_eq!(
+            r["epoch"],
+            epoch.as_str(),
+            "the epoch given at subscribe time"
+        );
+    }
+    for i in 1..=5u64 {
+        let m = next_frame(&mut sub).await;
+        assert_eq!(m["type"], "message", "{m}");
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"]["i"].as_u64()),
+            (Some(i), Some(i)),
+            "{m}"
+        );
+    }
+
+    // Recovery on the other node, from offset 2.
+    let mut late = ws(port2).await;
+    send(&mut late, serde_json::json!({"type":"subscribe","id":9,"channel":"chat:x","since":{"offset":2,"epoch":epoch}})).await;
+    let r = next_frame(&mut late).await;
+    assert_eq!(r["recovered"], true, "{r}");
+    assert_eq!(
+        r["publications"].as_array().map(|a| a.len()),
+        Some(3),
+        "{r}"
+    );
+
+    stop1.trigger();
+    stop2.trigger();
+}
+
+#[tokio::test]
+async fn reconnect_catches_up_from_history() {
+    let redis = RedisServer::start();
+    let p = prefix();
+    let b = redis_engine(&redis, &p, "nb").await;
+    let rec = Arc::new(Recorder::default());
+    b.set_handler(rec.clone());
+    let c = ch("catchup");
+    b.subscribe_node(&c).await.expect("subscribe");
+    b.publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .await
+        .expect("publish");
+    wait_for("first", || rec.of("catchup").len() == 1).await;
+
+    // Cut the node's pub/sub connection; what is published right after is not delivered
+    // to it by Redis, and must come from history once it is back.
+    let mut con = redis.con().await;
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut con)
+        .await
+        .expect("client kill");
+    for i in 2..=4 {
+        let _: redis::Value = redis::cmd("FCALL")
+            .arg("switchboard_v1_publish")
+            .arg(2)
+            .arg(format!("{p}:meta:{{catchup}}"))
+            .arg(format!("{p}:history:{{catchup}}"))
+            .arg("unused")
+            .arg(format!(r#"{{"data":{i}}}"#))
+            .arg(10)
+            .arg(60_000)
+            .arg(120_000)
+            .arg(format!("{p}:ch:{{catchup}}"))
+            .query_async(&mut con)
+            .await
+            .expect("publish while the node is away");
+    }
+    wait_for("caught up", || rec.of("catchup").len() == 4).await;
+    let got = rec.of("catchup");
+    assert_eq!(
+        got.iter().map(|g| g.offset).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(got[3].frame["data"], 4);
+    wait_for("ready", || b.is_ready()).await;
+}
