@@ -302,12 +302,21 @@ async fn migrate_command_and_newer_schema_refusal() {
             .expect("run switchboard")
     };
     let first = run(&["migrate"]);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(String::from_utf8_lossy(&first.stderr).contains("migration applied"));
     let second = run(&["migrate"]);
     assert!(second.status.success());
-    assert!(!String::from_utf8_lossy(&second.stderr).contains("migration applied"), "applied once");
-    assert!(redis.cmd(&["GET", &format!("{prefix}:schema")]).contains('1'));
+    assert!(
+        !String::from_utf8_lossy(&second.stderr).contains("migration applied"),
+        "applied once"
+    );
+    assert!(redis
+        .cmd(&["GET", &format!("{prefix}:schema")])
+        .contains('1'));
     // A schema from a newer release: the node refuses to start, naming both versions.
     redis.cmd(&["SET", &format!("{prefix}:schema"), "999"]);
     let refused = Server::try_start(&[
@@ -321,4 +330,117 @@ async fn migrate_command_and_newer_schema_refusal() {
     };
     assert_ne!(code, Some(0), "{log}");
     assert!(log.contains("999"), "{log}");
+}
+
+/// Starts an in-process node through `Application` on port 0 (the cluster of one test
+/// process), returning its address.
+async fn app_node(
+    redis: &Redis,
+    prefix: &str,
+    name: &str,
+) -> (std::net::SocketAddr, switchboard::startup::Shutdown) {
+    let mut settings = switchboard::config::Settings::default();
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.node_id = name.into();
+    settings.server.workers = 1;
+    settings.server.broker_shards = 1;
+    settings.engine.kind = switchboard::config::EngineKind::Redis;
+    settings.engine.redis_url = redis.url();
+    settings.engine.prefix = prefix.into();
+    settings.api.keys = vec![KEY.into()];
+    settings.auth.hmac_secret = Some("cluster-secret".into());
+    settings.namespaces.insert(
+        "room".into(),
+        switchboard::config::NamespaceOverrides {
+            join_leave: Some(true),
+            ..Default::default()
+        },
+    );
+    let app = switchboard::startup::Application::build(settings)
+        .await
+        .expect("node builds");
+    let (addr, shutdown) = (app.addr(), app.shutdown_handle());
+    actix_web::rt::spawn(app.run_until_stopped());
+    (addr, shutdown)
+}
+
+#[actix_web::test]
+async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let mut nodes = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        nodes.push(app_node(&redis, &prefix, name).await);
+    }
+    for (addr, _) in &nodes {
+        eventually("in-process node ready", || async {
+            (common::http(*addr, "GET", "/readyz", &[], None).await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let url = |i: usize| format!("ws://{}/ws", nodes[i].0);
+    let tok = common::token(
+        "cluster-secret",
+        json!({"sub":"ivy","exp":common::now()+60}),
+    );
+    // One session of ivy on every node, all in room:1; a watcher on node 1.
+    let mut watcher = Client::connect(&url(0), &[]).await;
+    watcher.subscribe("room:1").await;
+    assert_eq!(
+        watcher.recv_type("join").await["info"]["client"],
+        watcher.id().as_str()
+    );
+    let mut ivy = Vec::new();
+    for i in 0..3 {
+        let mut c = Client::connect(&format!("{}?token={tok}", url(i)), &[]).await;
+        c.subscribe("room:1").await;
+        let join = watcher.recv_type("join").await;
+        assert_eq!(
+            join["info"],
+            json!({"client": c.id(), "user": "ivy"}),
+            "join crosses nodes"
+        );
+        ivy.push(c);
+    }
+    let (status, p) = common::http(
+        nodes[2].0,
+        "GET",
+        "/api/presence/room:1",
+        &[("Authorization", &format!("apikey {KEY}"))],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let p: Value = serde_json::from_str(&p).unwrap();
+    let mut seen_nodes: Vec<String> = p["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["node"].as_str().unwrap().to_string())
+        .collect();
+    seen_nodes.sort();
+    assert_eq!(seen_nodes, vec!["p1", "p1", "p2", "p3"], "{p}");
+    // An operator disconnect from node 2 reaches ivy's sessions on every node.
+    let (status, r) = common::http(
+        nodes[1].0,
+        "POST",
+        "/api/disconnect",
+        &[("Authorization", &format!("apikey {KEY}"))],
+        Some(r#"{"user":"ivy"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&r).unwrap(),
+        json!({"disconnected": 3})
+    );
+    for c in ivy.iter_mut() {
+        c.expect_disconnect(4003).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(watcher.recv_type("leave").await["info"]["user"], "ivy");
+    }
+    for (_, shutdown) in &nodes {
+        shutdown.trigger();
+    }
 }
