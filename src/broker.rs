@@ -216,6 +216,13 @@ struct NodeSubscribed {
     result: Result<(), EngineError>,
 }
 
+/// Shard → itself: the engine finished unsubscribing the node from a channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct NodeUnsubscribed {
+    channel: ChannelName,
+}
+
 /// Shard → itself: presence and history for a joining subscriber are ready.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -242,10 +249,14 @@ struct Subscriber {
     joining: Option<Vec<Buffered>>,
 }
 
+/// Where the node's own engine subscription to a channel stands. Engine subscribe and
+/// unsubscribe calls for one channel never overlap: each waits for the previous one's
+/// completion message, so they reach the engine in the order the shard decided them.
 #[derive(PartialEq, Eq)]
 enum NodeState {
     Subscribing,
     Subscribed,
+    Unsubscribing,
 }
 
 struct ChannelEntry {
@@ -262,6 +273,8 @@ pub struct BrokerShard {
     engine: Arc<dyn Engine>,
     metrics: Metrics,
     channels: HashMap<ChannelName, ChannelEntry>,
+    /// The shard's own address, for completions of engine calls (set in `started`).
+    me: Option<Addr<BrokerShard>>,
 }
 
 // Every message to a shard is sent with `do_send`, which ignores the mailbox capacity:
@@ -269,9 +282,44 @@ pub struct BrokerShard {
 // by its outbox instead.
 impl Actor for BrokerShard {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address());
+    }
 }
 
 impl BrokerShard {
+    /// Asks the engine to subscribe the node; completion comes back as [`NodeSubscribed`].
+    fn node_subscribe(&mut self, channel: &ChannelName) {
+        if let Some(entry) = self.channels.get_mut(channel) {
+            entry.node = NodeState::Subscribing;
+        }
+        let (engine, me, channel) = (self.engine.clone(), self.me.clone(), channel.clone());
+        actix::spawn(async move {
+            let result = engine.subscribe_node(&channel).await;
+            if let Some(me) = me {
+                me.do_send(NodeSubscribed { channel, result });
+            }
+        });
+    }
+
+    /// Asks the engine to unsubscribe the node; completion comes back as
+    /// [`NodeUnsubscribed`], and the entry is kept until then.
+    fn node_unsubscribe(&mut self, channel: &ChannelName) {
+        if let Some(entry) = self.channels.get_mut(channel) {
+            entry.node = NodeState::Unsubscribing;
+        }
+        let (engine, me, channel) = (self.engine.clone(), self.me.clone(), channel.clone());
+        actix::spawn(async move {
+            if let Err(e) = engine.unsubscribe_node(&channel).await {
+                log::warn!("node unsubscribe failed channel={channel}: {e}");
+            }
+            if let Some(me) = me {
+                me.do_send(NodeUnsubscribed { channel });
+            }
+        });
+    }
+
     fn start_join(&mut self, channel: &ChannelName, client: Arc<str>, ctx: &mut Context<Self>) {
         let Some(sub) = self
             .channels
@@ -341,16 +389,9 @@ impl BrokerShard {
                 }
             }
         });
+        // While a subscribe or unsubscribe is in flight, its completion decides.
         if entry.subscribers.is_empty() && entry.node == NodeState::Subscribed {
-            self.channels.remove(channel);
-            self.metrics.channels.dec();
-            let engine = self.engine.clone();
-            let ch = channel.clone();
-            actix::spawn(async move {
-                if let Err(e) = engine.unsubscribe_node(&ch).await {
-                    log::warn!("node unsubscribe failed channel={ch}: {e}");
-                }
-            });
+            self.node_unsubscribe(channel);
         }
     }
 
@@ -429,17 +470,13 @@ impl Handler<Subscribe> for BrokerShard {
         if is_new {
             self.metrics.channels.inc();
             entry.waiting.push(client);
-            let engine = self.engine.clone();
-            let addr = ctx.address();
-            let channel = msg.channel.clone();
-            actix::spawn(async move {
-                let result = engine.subscribe_node(&channel).await;
-                addr.do_send(NodeSubscribed { channel, result });
-            });
-        } else if entry.node == NodeState::Subscribing {
-            entry.waiting.push(client);
-        } else {
+            self.node_subscribe(&msg.channel);
+        } else if entry.node == NodeState::Subscribed {
             self.start_join(&msg.channel, client, ctx);
+        } else {
+            // Subscribing: joins once it completes. Unsubscribing: the node subscribes
+            // again once the unsubscribe completes, then joins.
+            entry.waiting.push(client);
         }
     }
 }
@@ -456,12 +493,7 @@ impl Handler<NodeSubscribed> for BrokerShard {
                 entry.node = NodeState::Subscribed;
                 if entry.subscribers.is_empty() {
                     // Everyone left while the node was subscribing.
-                    self.channels.remove(&msg.channel);
-                    self.metrics.channels.dec();
-                    let engine = self.engine.clone();
-                    actix::spawn(async move {
-                        let _ = engine.unsubscribe_node(&msg.channel).await;
-                    });
+                    self.node_unsubscribe(&msg.channel);
                     return;
                 }
                 for client in std::mem::take(&mut entry.waiting) {
@@ -488,6 +520,23 @@ impl Handler<NodeSubscribed> for BrokerShard {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Handler<NodeUnsubscribed> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeUnsubscribed, _ctx: &mut Context<Self>) {
+        let Some(entry) = self.channels.get(&msg.channel) else {
+            return;
+        };
+        if entry.subscribers.is_empty() {
+            self.channels.remove(&msg.channel);
+            self.metrics.channels.dec();
+        } else {
+            // Someone subscribed while the node was leaving: subscribe it again.
+            self.node_subscribe(&msg.channel);
         }
     }
 }
@@ -675,6 +724,7 @@ impl Broker {
                 engine,
                 metrics,
                 channels: HashMap::new(),
+                me: None,
             });
             addrs.push(addr);
             arbiters.push(ArbiterGuard(arbiter));

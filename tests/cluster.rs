@@ -444,3 +444,33 @@ async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
         shutdown.trigger();
     }
 }
+
+#[tokio::test]
+async fn quick_unsubscribe_resubscribe_keeps_the_node_subscribed() {
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let a = node(&redis, &prefix, "a");
+    let b = node(&redis, &prefix, "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut c = a.client().await;
+    // Back-to-back subscribe/unsubscribe without waiting: the node's own Redis subscription
+    // must end up present, whatever order the engine calls would have raced in.
+    for _ in 0..20 {
+        c.send(json!({"type":"subscribe","channel":"flip"})).await;
+        c.send(json!({"type":"unsubscribe","channel":"flip"})).await;
+    }
+    c.send(json!({"type":"subscribe","id":"last","channel":"flip"}))
+        .await;
+    loop {
+        let r = c.recv().await;
+        if r["type"] == "subscribed" && r["id"] == "last" {
+            break;
+        }
+    }
+    let mut p = b.client().await;
+    p.call(json!({"type":"publish","channel":"flip","data":"after"}))
+        .await;
+    let m = c.recv_type("message").await;
+    assert_eq!(m["data"], "after");
+}
