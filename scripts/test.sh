@@ -16,3 +16,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 cargo test --all-targets "$@"
+
+# The same cluster topology as docker-compose.yml on loopback (redis-server, three nodes,
+# nginx), checked end to end through the load balancer, with the binary the tests built.
+cargo build --bin switchboard
+SWITCHBOARD_BIN="$PWD/target/debug/switchboard" bash scripts/cluster.sh --check

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""End-to-end check of a running Switchboard cluster behind a load balancer.
+
+Called by `scripts/cluster.sh --check` (which starts Redis, three nodes and nginx on loopback);
+it can also be pointed at any cluster, e.g. the one of docker-compose.yml:
+
+    python3 scripts/cluster_check.py --lb http://127.0.0.1:8080 \\
+        --node http://127.0.0.1:PORT1 --node http://127.0.0.1:PORT2 --node ... --key dev-key
+
+The standard library only: urllib for the HTTP API, and a small RFC 6455 client over a socket
+for /ws. What it checks, on a fresh channel:
+
+- /healthz, /readyz and /metrics answer through the load balancer;
+- WebSocket connections through the load balancer land on every node (round robin);
+- a subscriber connected through the load balancer receives, in order and without a gap,
+  publications made through the API via the load balancer, through the API of another node
+  directly, and by a WebSocket client on another node;
+- /api/history of every node, asked directly, reports the same epoch and offsets;
+- /api/channels of every node lists the subscriber's channel (cluster-wide; the nodes share
+  their counts through Redis every couple of seconds, so this one waits up to 8 s).
+
+Prints one line per check, then `N passed, N failed`; exits 0 when all passed, 1 otherwise.
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+PROTOCOL = "switchboard.v1.json"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TIMEOUT = 5.0
+
+# Loopback only: never go through an HTTP proxy from the environment.
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http(method, url, key=None, body=None):
+    """Returns (status, body text); never raises for an HTTP status."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if key is not None:
+        req.add_header("Authorization", f"apikey {key}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with OPENER.open(req, timeout=TIMEOUT) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class WsClosed(Exception):
+    """The server closed the WebSocket (or the socket)."""
+
+
+class WebSocket:
+    """A minimal RFC 6455 client: text frames out (masked), text/ping/close frames in."""
+
+    def __init__(self, base_url, path="/ws"):
+        u = urllib.parse.urlsplit(base_url)
+        self.host, self.port = u.hostname, u.port or 80
+        self.sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {path} HTTP/1.1\r\n"
+            f"Host: {self.host}:{self.port}\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: {PROTOCOL}\r\n"
+            "\r\n"
+        )
+        self.sock.sendall(request.encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise WsClosed("connection closed during the handshake")
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        if " 101 " not in lines[0] + " ":
+            raise WsClosed(f"handshake refused: {lines[0]}")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        if headers.get("sec-websocket-accept") != accept:
+            raise WsClosed("bad Sec-WebSocket-Accept")
+        if headers.get("sec-websocket-protocol") != PROTOCOL:
+            raise WsClosed(f"subprotocol not echoed: {headers.get('sec-websocket-protocol')!r}")
+        self.welcome = self.recv()
+        if self.welcome.get("type") != "welcome":
+            raise WsClosed(f"first frame is not welcome: {self.welcome}")
+        self.node = self.welcome.get("node")
+
+    def _send_frame(self, opcode, payload):
+        head = bytes([0x80 | opcode])
+        n = len(payload)
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 1 << 16:
+            head += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(head + mask + masked)
+
+    def send(self, obj):
+        self._send_frame(0x1, json.dumps(obj).encode())
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no frame in time")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout as e:
+                raise TimeoutError("no frame in time") from e
+            if not chunk:
+                raise WsClosed("socket closed")
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv(self, timeout=TIMEOUT):
+        """The next JSON text message; answers pings on the way."""
+        deadline = time.monotonic() + timeout
+        message = b""
+        while True:
+            b0, b1 = self._read(2, deadline)
+            fin, opcode, n = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", self._read(2, deadline))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", self._read(8, deadline))
+            mask = self._read(4, deadline) if b1 & 0x80 else None
+            payload = self._read(n, deadline)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            if opcode == 0x9:
+                self._send_frame(0xA, payload)
+            elif opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                raise WsClosed(f"closed by the server: code={code} {payload[2:]!r}")
+            elif opcode in (0x0, 0x1):
+                message += payload
+                if fin:
+                    return json.loads(message)
+            # pong (0xA) and anything else: ignored
+
+    def expect(self, kind, timeout=TIMEOUT):
+        """The next frame of type `kind`, skipping pushes of other types."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv(max(0.01, deadline - time.monotonic()))
+            if frame.get("type") == kind:
+                return frame
+            if frame.get("type") == "error":
+                raise AssertionError(f"error frame while waiting for {kind}: {frame}")
+
+    def close(self):
+        """A clean close: our Close frame, then the server's (briefly), then the socket."""
+        try:
+            self._send_frame(0x8, struct.pack("!H", 1000))
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                self.recv(deadline - time.monotonic())
+        except (OSError, TimeoutError, WsClosed, ValueError):
+            pass
+        finally:
+            self.sock.close()
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name, ok, detail=""):
+        if ok:
+            self.passed += 1
+            print(f"  ok    {name}")
+        else:
+            self.failed += 1
+            print(f"  FAIL  {name}{': ' + detail if detail else ''}")
+        return ok
+
+
+def ws_on_other_node(lb, avoid, tries=9):
+    """A WebSocket through the load balancer that landed on a node not in `avoid`."""
+    for _ in range(tries):
+        ws = WebSocket(lb)
+        if ws.node not in avoid:
+            return ws
+        ws.close()
+    raise AssertionError(f"{tries} connections through the load balancer all landed on {avoid}")
+
+
+def run(lb, nodes, key, c):
+    print(f"checking the cluster behind {lb}")
+
+    # 1. Operations endpoints through the load balancer.
+    status, body = http("GET", f"{lb}/healthz")
+    c.check("GET /healthz via the LB is 200 ok", status == 200 and '"ok"' in body, f"{status} {body}")
+    status, body = http("GET", f"{lb}/readyz")
+    c.check("GET /readyz via the LB is 200 ready", status == 200 and '"ready"' in body, f"{status} {body}")
+    status, body = http("GET", f"{lb}/metrics")
+    c.check("GET /metrics via the LB is Prometheus text", status == 200 and "switchboard_" in body, f"{status}")
+
+    # 2. Which node is which, asked directly; then round robin through the load balancer.
+    node_ids = {}
+    for url in nodes:
+        ws = WebSocket(url)
+        node_ids[url] = ws.node
+        ws.close()
+    c.check(
+        f"the {len(nodes)} nodes have distinct ids",
+        len(set(node_ids.values())) == len(nodes),
+        str(node_ids),
+    )
+    seen = []
+    for _ in range(2 * len(nodes)):
+        ws = WebSocket(lb)
+        seen.append(ws.node)
+        ws.close()
+    c.check(
+        "WebSocket connections through the LB reach every node",
+        set(seen) == set(node_ids.values()),
+        f"landed on {seen}",
+    )
+
+    # 3. A subscriber through the load balancer, on a fresh channel.
+    channel = "cluster-check-" + os.urandom(4).hex()
+    sub = WebSocket(lb)
+    sub.send({"type": "subscribe", "id": 1, "channel": channel})
+    subscribed = sub.expect("subscribed")
+    c.check(
+        f"subscriber via the LB (on {sub.node}) subscribed to {channel} at offset 0",
+        subscribed.get("offset") == 0 and subscribed.get("id") == 1,
+        str(subscribed),
+    )
+
+    # 4. Publications by three other paths.
+    sent = []  # (path, data, offset, epoch)
+    for i in range(3):
+        data = {"via": "api-lb", "n": i}
+        status, body = http("POST", f"{lb}/api/publish", key, {"channel": channel, "data": data})
+        ok = c.check(f"POST /api/publish via the LB #{i + 1} is 200", status == 200, f"{status} {body}")
+        if ok:
+            reply = json.loads(body)
+            sent.append(("api-lb", data, reply.get("offset"), reply.get("epoch")))
+    other = next((u for u, n in node_ids.items() if n != sub.node), nodes[0])
+    data = {"via": "api-direct", "node": node_ids[other]}
+    status, body = http("POST", f"{other}/api/publish", key, {"channel": channel, "data": data})
+    if c.check(f"POST /api/publish directly on {node_ids[other]} is 200", status == 200, f"{status} {body}"):
+        reply = json.loads(body)
+        sent.append(("api-direct", data, reply.get("offset"), reply.get("epoch")))
+    pub = ws_on_other_node(lb, {sub.node})
+    data = {"via": "ws", "node": pub.node}
+    pub.send({"type": "publish", "id": 7, "channel": channel, "data": data})
+    published = pub.expect("published")
+    pub.close()
+    if c.check(
+        f"WebSocket publish via the LB (on {pub.node}) is acknowledged",
+        published.get("id") == 7 and isinstance(published.get("offset"), int),
+        str(published),
+    ):
+        sent.append(("ws", data, published["offset"], published["epoch"]))
+
+    offsets = [s[2] for s in sent]
+    epochs = {s[3] for s in sent}
+    c.check(
+        "the publications got offsets 1..N in order, in one epoch",
+        offsets == list(range(1, len(sent) + 1)) and len(epochs) == 1,
+        f"offsets={offsets} epochs={epochs}",
+    )
+
+    # 5. The subscriber got every one of them, in order.
+    received = []
+    try:
+        while len(received) < len(sent):
+            frame = sub.expect("message")
+            received.append((frame.get("offset"), frame.get("data")))
+    except (TimeoutError, WsClosed, AssertionError) as e:
+        c.check("the subscriber received every publication", False, f"{e}; got {received}")
+    else:
+        expected = [(s[2], s[1]) for s in sent]
+        c.check(
+            f"the subscriber on {sub.node} received all {len(sent)} publications in order",
+            received == expected,
+            f"got {received}, expected {expected}",
+        )
+
+    # 6. Every node, asked directly, has the same history.
+    histories = {}
+    for url in nodes:
+        status, body = http("GET", f"{url}/api/history/{urllib.parse.quote(channel, safe='')}", key)
+        if c.check(f"GET /api/history on {node_ids[url]} is 200", status == 200, f"{status} {body}"):
+            h = json.loads(body)
+            histories[node_ids[url]] = (
+                h.get("offset"),
+                h.get("epoch"),
+                [(p.get("offset"), p.get("data")) for p in h.get("publications", [])],
+            )
+    want = (len(sent), next(iter(epochs), None), [(s[2], s[1]) for s in sent])
+    c.check(
+        "every node reports the same offset, epoch and publications",
+        len(histories) == len(nodes) and all(h == want for h in histories.values()),
+        f"{histories} expected {want}",
+    )
+
+    # 7. Cluster-wide channel listing, asked of every node directly. Each node publishes its
+    #    subscriber counts on its Redis heartbeat (every 2 s), so allow a few seconds.
+    counts, deadline = {}, time.monotonic() + 8.0
+    while True:
+        for url in nodes:
+            status, body = http("GET", f"{url}/api/channels", key)
+            entry = None
+            if status == 200:
+                listed = json.loads(body).get("channels", [])
+                entry = next((x for x in listed if x.get("channel") == channel), None)
+            counts[node_ids[url]] = entry and entry.get("subscribers")
+        if all(n == 1 for n in counts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    c.check(
+        "GET /api/channels on every node lists the channel with its 1 subscriber",
+        all(n == 1 for n in counts.values()),
+        f"subscribers seen: {counts}",
+    )
+    sub.close()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lb", required=True, help="load balancer base URL, http://HOST:PORT")
+    p.add_argument("--node", action="append", required=True, help="a node's base URL (repeat)")
+    p.add_argument("--key", default="dev-key", help="an API key the nodes accept")
+    args = p.parse_args()
+    c = Checks()
+    try:
+        run(args.lb.rstrip("/"), [n.rstrip("/") for n in args.node], args.key, c)
+    except (OSError, TimeoutError, WsClosed, AssertionError, ValueError) as e:
+        c.check("the check ran to the end", False, f"{type(e).__name__}: {e}")
+    print(f"{c.passed} passed, {c.failed} failed")
+    return 0 if c.failed == 0 and c.passed > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
