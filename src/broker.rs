@@ -18,13 +18,14 @@
 //! 4001, while the other subscribers keep receiving.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -35,13 +36,19 @@ use crate::protocol::{
 };
 use crate::session::{Deliver, SessionControl};
 
-/// Bytes the broker has handed to one session that the session has not yet written out.
-/// Shared by the session and every shard, without locks.
+/// Frames the broker has handed to one session that the session has not yet written out,
+/// and their size. Shared by the session and every shard.
+///
+/// Frames wait in a queue rather than one actor message each: the broker wakes the session
+/// only when the queue goes from empty to non-empty, and the session then writes everything
+/// queued in one go. Under load that is one mailbox message (and one write) per batch
+/// instead of per frame; idle, the empty queue allocates nothing.
 #[derive(Debug)]
 pub struct Outbox {
     pending: AtomicUsize,
     slow: AtomicBool,
     limit: usize,
+    queue: Mutex<VecDeque<(u64, ByteString)>>,
 }
 
 impl Outbox {
@@ -51,7 +58,21 @@ impl Outbox {
             pending: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
             limit,
+            queue: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Queues a frame (already counted); true when the queue was empty, so the session must
+    /// be woken.
+    fn push(&self, sub_id: u64, frame: ByteString) -> bool {
+        let mut q = self.queue.lock();
+        q.push_back((sub_id, frame));
+        q.len() == 1
+    }
+
+    /// Takes every queued frame; the caller releases their bytes once written.
+    pub fn take(&self) -> VecDeque<(u64, ByteString)> {
+        std::mem::take(&mut *self.queue.lock())
     }
 
     /// Counts `n` more bytes, unless that would pass the limit.
@@ -99,7 +120,7 @@ pub struct SessionHandle {
     pub client: Arc<str>,
     /// Client and user ids, for presence and join/leave.
     pub info: ClientInfo,
-    /// Where frames for subscriptions go.
+    /// Woken when frames wait in the outbox.
     pub deliver: Recipient<Deliver>,
     /// Where subscribe failures and close orders go.
     pub control: Recipient<SessionControl>,
@@ -111,7 +132,13 @@ impl SessionHandle {
     /// Hands a reply to the session, counted but never refused for size.
     fn send_reply(&self, sub_id: u64, frame: ByteString) {
         self.outbox.force_reserve(frame.len());
-        self.deliver.do_send(Deliver { sub_id, frame });
+        self.enqueue(sub_id, frame);
+    }
+
+    fn enqueue(&self, sub_id: u64, frame: ByteString) {
+        if self.outbox.push(sub_id, frame) {
+            self.deliver.do_send(Deliver);
+        }
     }
 
     /// Hands a frame to the session; false when the session is (now) a slow consumer.
@@ -132,10 +159,7 @@ impl SessionHandle {
             }
             return false;
         }
-        self.deliver.do_send(Deliver {
-            sub_id,
-            frame: frame.clone(),
-        });
+        self.enqueue(sub_id, frame.clone());
         true
     }
 }

@@ -34,16 +34,11 @@ use crate::protocol::{
 };
 use crate::registry::Slot;
 
-/// Broker → session: a frame for one of the session's subscriptions. Its bytes were counted
-/// in the session's [`Outbox`] and are released when handled.
+/// Broker → session: frames wait in the session's [`Outbox`]. Sent only when the queue goes
+/// from empty to non-empty; the session then writes everything queued at once.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver {
-    /// The subscription it belongs to; frames of a subscription since left are dropped.
-    pub sub_id: u64,
-    /// The ready text frame.
-    pub frame: ByteString,
-}
+pub struct Deliver;
 
 /// Broker or registry → session: control messages that are not subscription traffic.
 #[derive(Message)]
@@ -591,14 +586,18 @@ impl Actor for Session {
 impl Handler<Deliver> for Session {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.outbox.release(msg.frame.len());
-        if self.closed_with.is_some() || self.outbox.is_slow() {
-            return;
+    fn handle(&mut self, _msg: Deliver, ctx: &mut Self::Context) {
+        let frames = self.outbox.take();
+        let mut bytes = 0;
+        let write = self.closed_with.is_none() && !self.outbox.is_slow();
+        for (sub_id, frame) in frames {
+            bytes += frame.len();
+            // Frames of a subscription already left are dropped here.
+            if write && self.sub_ids.contains_key(&sub_id) {
+                ctx.text(frame);
+            }
         }
-        if self.sub_ids.contains_key(&msg.sub_id) {
-            ctx.text(msg.frame);
-        }
+        self.outbox.release(bytes);
     }
 }
 
