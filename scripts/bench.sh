@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# Benchmarks Switchboard against a NATS server's WebSocket listener and a minimal Node.js `ws`
+# server (bench/peers/node-ws), on loopback, with src/bin/switchboard-bench as load generator.
+#
+#   scripts/bench.sh            the default matrix (about 6 minutes); writes docs/benchmarks.md
+#   FULL=1 scripts/bench.sh     adds 50000 idle connections (needs a file limit above 50000)
+#   scripts/bench.sh --smoke    one tiny fan-out and idle case per server, no document (< 30 s
+#                               once built; uses the debug build unless PROFILE=release)
+#
+# Environment: SERVERS="switchboard nats node-ws" (subset to run), DURATION=10 (seconds per
+# load case), PROFILE=release|debug, OUT=docs/benchmarks.md, SERVER_CPU=0, BENCH_CPU=1.
+# Each server runs pinned to SERVER_CPU (one core, one worker thread where configurable) and the
+# load generator to BENCH_CPU, when the machine has two cores or more and taskset exists.
+# A peer whose program is missing (nats-server, node) is skipped with a message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+SMOKE=0
+case "${1:-}" in
+  --smoke) SMOKE=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--smoke]   (env: FULL=1 SERVERS=... DURATION=... PROFILE=... OUT=...)" >&2; exit 2 ;;
+esac
+FULL=${FULL:-0}
+SERVERS=${SERVERS:-"switchboard nats node-ws"}
+DURATION=${DURATION:-10}
+OUT=${OUT:-docs/benchmarks.md}
+SERVER_CPU=${SERVER_CPU:-0}
+BENCH_CPU=${BENCH_CPU:-1}
+if [ "$SMOKE" = 1 ]; then PROFILE=${PROFILE:-debug}; else PROFILE=${PROFILE:-release}; fi
+
+WORK=$ROOT/.tmp/bench/run-$(date +%Y%m%d-%H%M%S)-$$
+mkdir -p "$WORK"
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+PROBLEMS=$WORK/problems.txt
+: > "$PROBLEMS"
+
+log() { echo "bench: $*" >&2; }
+
+# --- build ------------------------------------------------------------------------------
+if [ "$PROFILE" = release ]; then
+  cargo build --release --bin switchboard --bin switchboard-bench
+  BIN=$ROOT/target/release
+else
+  cargo build --bin switchboard --bin switchboard-bench
+  BIN=$ROOT/target/debug
+fi
+BENCH=$BIN/switchboard-bench
+
+# --- pinning and limits -------------------------------------------------------------------
+PIN_SERVER=()
+PIN_BENCH=()
+PINNED=0
+SERVER_CPU_ARG=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+  PIN_SERVER=(taskset -c "$SERVER_CPU")
+  PIN_BENCH=(taskset -c "$BENCH_CPU")
+  PINNED=1
+  SERVER_CPU_ARG=(--server-cpu "$SERVER_CPU")
+else
+  log "not pinning (taskset missing or fewer than 2 cores)"
+fi
+# Servers and the load generator inherit the file limit; root may raise the hard one.
+want_fds=20000
+[ "$FULL" = 1 ] && want_fds=120000
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$want_fds" ]; then
+  ulimit -Hn "$want_fds" 2>/dev/null || log "cannot raise the hard file limit to $want_fds (have $(ulimit -Hn))"
+fi
+ulimit -n "$(ulimit -Hn)"
+
+# --- servers ------------------------------------------------------------------------------
+SERVER_PID=""
+SERVER_URL=""
+SERVER_PROTO=""
+SERVER_LOG=""
+
+wait_port() { # port timeout_s
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  return 1
+}
+
+start_switchboard() {
+  SERVER_LOG=$WORK/switchboard-$1.log
+  local env=(
+    SWITCHBOARD__SERVER__BIND=127.0.0.1:0
+    SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE=10000000
+    SWITCHBOARD__LIMITS__MAX_CONNECTIONS=200000
+    RUST_LOG="warn,switchboard::startup=info,switchboard::broker=info"
+  )
+  if [ "$PINNED" = 1 ]; then
+    env+=(SWITCHBOARD__SERVER__WORKERS=1 SWITCHBOARD__SERVER__BROKER_SHARDS=1)
+  fi
+  env "${env[@]}" "${PIN_SERVER[@]}" "$BIN/switchboard" >"$SERVER_LOG" 2>&1 &
+  SERVER_PID=$!
+  local i addr=""
+  for ((i = 0; i < 200; i++)); do
+    addr=$(grep -o 'listening on [0-9.:]*' "$SERVER_LOG" 2>/dev/null | head -1 | cut -d' ' -f3 || true)
+    [ -n "$addr" ] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  [ -n "$addr" ] || { log "switchboard did not start:"; cat "$SERVER_LOG" >&2; return 1; }
+  SERVER_URL="ws://$addr/ws"
+  SERVER_PROTO=switchboard
+}
+
+start_nats() {
+  SERVER_LOG=$WORK/nats-$1.log
+  local port wsport conf=$WORK/nats-$1.conf
+  port=$("$BENCH" free-port)
+  wsport=$("$BENCH" free-port)
+  while [ "$wsport" = "$port" ]; do wsport=$("$BENCH" free-port); done
+  cat >"$conf" <<EOF
+websocket {
+  listen: "127.0.0.1:$wsport"
+  no_tls: true
+}
+max_connections: 200000
+EOF
+  local gomax=()
+  [ "$PINNED" = 1 ] && gomax=(GOMAXPROCS=1)
+  env "${gomax[@]}" "${PIN_SERVER[@]}" nats-server -a 127.0.0.1 -p "$port" -c "$conf" >"$SERVER_LOG" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$wsport" 10 || { log "nats-server did not start:"; cat "$SERVER_LOG" >&2; return 1; }
+  SERVER_URL="ws://127.0.0.1:$wsport/"
+  SERVER_PROTO=nats
+}
+
+start_node() {
+  SERVER_LOG=$WORK/node-ws-$1.log
+  local port
+  port=$("$BENCH" free-port)
+  "${PIN_SERVER[@]}" node "$ROOT/bench/peers/node-ws/server.js" "$port" >"$SERVER_LOG" 2>&1 &
+  SERVER_PID=$!
+  wait_port "$port" 10 || { log "node-ws did not start:"; cat "$SERVER_LOG" >&2; return 1; }
+  SERVER_URL="ws://127.0.0.1:$port/"
+  SERVER_PROTO=switchboard
+}
+
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 60; i++)); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+}
+trap stop_server EXIT
+
+available() {
+  case "$1" in
+    switchboard) return 0 ;;
+    nats) command -v nats-server >/dev/null 2>&1 || { log "SKIP nats: nats-server not installed"; return 1; } ;;
+    node-ws)
+      command -v node >/dev/null 2>&1 || { log "SKIP node-ws: node not installed"; return 1; }
+      if [ ! -d bench/peers/node-ws/node_modules/ws ]; then
+        (cd bench/peers/node-ws && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||
+          { log "SKIP node-ws: npm install failed"; return 1; }
+      fi
+      ;;
+    *) log "unknown server $1"; return 1 ;;
+  esac
+}
+
+CASE_NO=0
+# run_case SERVER SUBCOMMAND ARGS...: a fresh server, one load-generator run, then stop.
+run_case() {
+  local server=$1
+  shift
+  CASE_NO=$((CASE_NO + 1))
+  case "$server" in
+    switchboard) start_switchboard "$CASE_NO" ;;
+    nats) start_nats "$CASE_NO" ;;
+    node-ws) start_node "$CASE_NO" ;;
+  esac || { echo "$server: failed to start for: $*" >>"$PROBLEMS"; return 0; }
+  local out=$WORK/case-$CASE_NO.out rc=0
+  "${PIN_BENCH[@]}" "$BENCH" "$@" --url "$SERVER_URL" --protocol "$SERVER_PROTO" \
+    --label "$server" --server-pid "$SERVER_PID" "${SERVER_CPU_ARG[@]}" >"$out" 2>"$WORK/case-$CASE_NO.err" || rc=$?
+  grep -v '^{' "$out" >&2 || true
+  grep '^{' "$out" >>"$RESULTS" || true
+  if [ "$rc" != 0 ]; then
+    echo "$server: \`switchboard-bench $*\` exited $rc: $(tail -c 400 "$WORK/case-$CASE_NO.err" | tr '\n' ' ')" >>"$PROBLEMS"
+    cat "$WORK/case-$CASE_NO.err" >&2
+  fi
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "$server: the server process exited during \`switchboard-bench $*\`; log tail: $(tail -c 400 "$SERVER_LOG" | tr '\n' ' ')" >>"$PROBLEMS"
+  fi
+  stop_server
+}
+
+# --- the matrix ---------------------------------------------------------------------------
+T0=$(date +%s)
+for server in $SERVERS; do
+  available "$server" || { echo "$server: skipped (not available)" >>"$PROBLEMS"; continue; }
+  log "=== $server"
+  if [ "$SMOKE" = 1 ]; then
+    run_case "$server" fanout --subscribers 10 --channels 1 --size 64 --duration 1 --drain 2 --window 16 --strict
+    run_case "$server" idle --connections 50 --subscribe --settle 0.2 --strict
+    continue
+  fi
+  for subs in 100 1000; do
+    for size in 64 1024; do
+      run_case "$server" fanout --subscribers "$subs" --channels 1 --size "$size" --duration "$DURATION" --window 64
+    done
+  done
+  run_case "$server" fanout --subscribers 1000 --channels 1000 --size 64 --duration "$DURATION" --window 256
+  # Overload: paced by the server's answers only, so a server that answers before it has
+  # fanned out can be sent more than it delivers.
+  run_case "$server" fanout --subscribers 1000 --channels 1 --size 1024 --duration "$DURATION" --window 64 --flow reply
+  # 200 publications/s x 100 subscribers = 20000 deliveries/s.
+  run_case "$server" latency --subscribers 100 --channels 1 --size 64 --duration "$DURATION" --rate 200 --window 1000
+  run_case "$server" idle --connections 10000 --subscribe --settle 2
+  if [ "$FULL" = 1 ]; then
+    run_case "$server" idle --connections 50000 --subscribe --settle 3 --setup-timeout 180
+  fi
+done
+ELAPSED=$(($(date +%s) - T0))
+
+"$BENCH" table "$RESULTS" >"$WORK/tables.md"
+cat "$WORK/tables.md"
+# A run that lost deliveries, dropped connections or failed is a problem worth a line.
+"$BENCH" problems "$RESULTS" >>"$PROBLEMS"
+if [ -s "$PROBLEMS" ]; then
+  log "problems:"
+  cat "$PROBLEMS" >&2
+fi
+log "results in $WORK (${ELAPSED}s)"
+
+if [ "$SMOKE" = 1 ]; then
+  # The smoke run fails when a server that was available failed a case.
+  if grep -v 'skipped (not available)' "$PROBLEMS" | grep -q .; then exit 1; fi
+  exit 0
+fi
+
+# --- docs/benchmarks.md -------------------------------------------------------------------
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+mem_total=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit (with uncommitted changes)"
+nats_version=$(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo "not installed")
+node_version=$(node --version 2>/dev/null || echo "not installed")
+ws_version=$(node -p 'require("./bench/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null || echo "not installed")
+pinning="server on CPU $SERVER_CPU, load generator on CPU $BENCH_CPU (\`taskset\`)"
+[ "$PINNED" = 1 ] || pinning="not pinned"
+
+{
+  cat <<EOF
+# Benchmarks
+
+Generated by \`scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in ${ELAPSED} s, at commit $commit.
+Re-run it to refresh this file; do not edit the figures by hand.
+
+Switchboard is compared with two peers doing the same work over WebSocket on loopback:
+
+- **nats**: \`nats-server\` ($nats_version) with its WebSocket listener, spoken to in the NATS
+  text protocol (\`CONNECT\`, \`SUB\`, \`PUB\`, \`MSG\`, \`PING\`/\`PONG\`). The ratio columns are
+  relative to it.
+- **node-ws**: [bench/peers/node-ws/server.js](../bench/peers/node-ws/server.js), about 60 lines
+  of Node.js on the \`ws\` package ($ws_version), speaking the subset of \`switchboard.v1.json\`
+  the benchmark uses (welcome, subscribe, publish, message fan-out with per-channel offsets).
+  It has none of Switchboard's limits, history, presence or auth: a floor for "what a naive
+  server costs", not a competitor.
+
+## Machine
+
+- CPU: $cpu_model, $(nproc) cores; memory $mem_total
+- Kernel: $(uname -sr)
+- $(rustc --version 2>/dev/null || echo rustc unknown); Node $node_version
+- Pinning: $pinning. Each server gets one core: Switchboard with
+  \`SWITCHBOARD__SERVER__WORKERS=1\` and \`SWITCHBOARD__SERVER__BROKER_SHARDS=1\`, nats-server with
+  \`GOMAXPROCS=1\`, Node is single-threaded anyway. The load generator runs on a single-threaded
+  Tokio runtime on the other core.
+- Switchboard settings: defaults (\`config/default.toml\`) except
+  \`SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE=10000000\` (the default of 100/s would refuse the
+  publisher) and \`SWITCHBOARD__LIMITS__MAX_CONNECTIONS=200000\`; built with \`--$PROFILE\`.
+- A fresh server process is started for every case and stopped after it.
+
+EOF
+  cat "$WORK/tables.md"
+  cat <<EOF
+## What the figures mean
+
+- **case**: S subscriber connections spread round robin over C channels, B bytes of payload per
+  publication. With one channel every publication goes to all S subscribers; with C = S every
+  subscriber has a channel of its own and the publisher cycles over them.
+- **deliveries/s**: messages received by all subscribers together per second while the
+  publisher was running (deliveries counted at the moment it stopped / its running time).
+- **× nats**: the row's figure divided by nats-server's in the same case (higher is better for
+  deliveries/s; lower is better for p99).
+- **p50 / p99 / p99.9 ms**: delivery latency, from the publisher stamping the payload (a
+  nanosecond clock shared by publisher and subscribers, which live in one process) to a
+  subscriber parsing it, over every delivery of the run including the drain. In the fan-out
+  cases the publisher keeps a window of W publications in flight (64, or 256 with 1000
+  channels): at most W not yet answered by the server (Switchboard and node-ws answer each
+  \`publish\` with \`published\`; NATS is paced by \`PING\`/\`PONG\` round trips) and at most W
+  publications' worth of deliveries not yet received by the subscribers. Latency there is
+  mostly the time spent in that window's queue at saturation. The **reply-paced** case drops
+  the second bound: the publisher only waits for the server's answers, so a server that answers
+  before it has fanned out can be sent more than it delivers; it shows what each server does
+  with a publisher that outruns its subscribers (buffer, or drop slow consumers). The latency
+  case publishes at a fixed rate (200 publications/s to 100 subscribers = 20000
+  deliveries/s), far below saturation.
+- **published**: publications the server confirmed during the run. **lost**: deliveries expected
+  (confirmed publications × subscribers of their channel) and not received within the drain time
+  (5 s) after the publisher stopped. Subscribers also check per-channel sequence numbers in the
+  payload for gaps and duplicates (reported in the JSON lines).
+- **server CPU**: CPU time (user + system, from \`/proc/PID/stat\`) the server used from the first
+  publication to the end of the drain, as a share of one core over that time. 100% means the
+  server's core was saturated.
+- **bench CPU**: the same for the load generator (\`getrusage\`). Near 100% means the load
+  generator, not the server, was the limit, and the deliveries/s figure is a lower bound for the
+  server.
+- **other load**: CPU time of the server's core (from \`/proc/stat\`) used by anything but the
+  server during the run, as a share of the run. The server and the load generator are pinned,
+  but other programs on the machine are not; a few percent is background noise, more means the
+  row was measured on a busy machine and is not comparable.
+- **KiB per connection**: (server RSS with the N connections open and subscribed − RSS before
+  they were opened) / N, RSS from \`VmRSS\` in \`/proc/PID/status\`, sampled 2 s (3 s at 50000) after
+  the last connection was ready. It is user-space memory only: socket buffers live in the
+  kernel and are not in RSS.
+
+## Problems seen in this run
+
+EOF
+  if [ -s "$PROBLEMS" ]; then
+    sed 's/^/- /' "$PROBLEMS"
+  else
+    echo "None: every run delivered every confirmed publication and kept every connection."
+  fi
+  cat <<EOF
+
+## Repeating
+
+\`\`\`sh
+scripts/bench.sh                       # this matrix, about 6 minutes; rewrites docs/benchmarks.md
+FULL=1 scripts/bench.sh                # adds 50000 idle connections (file limit above 100000)
+SERVERS=switchboard DURATION=5 OUT=/tmp/b.md scripts/bench.sh   # a subset
+scripts/bench.sh --smoke               # one tiny case per server, for CI
+\`\`\`
+
+Single runs, against a server you started (loopback only; add \`--server-pid PID\` for its CPU
+and memory):
+
+\`\`\`sh
+cargo build --release --bin switchboard-bench
+target/release/switchboard-bench fanout  --url ws://127.0.0.1:8080/ws --subscribers 1000 --channels 1 --size 64 --duration 10 --window 64
+target/release/switchboard-bench latency --url ws://127.0.0.1:8080/ws --subscribers 100 --rate 200 --duration 10
+target/release/switchboard-bench idle    --url ws://127.0.0.1:8080/ws --connections 10000 --subscribe
+target/release/switchboard-bench fanout  --protocol nats --url ws://127.0.0.1:PORT/ --subscribers 100
+\`\`\`
+
+Each run prints one human line and one JSON line; \`switchboard-bench table FILE...\` turns JSON
+lines into the tables above. The raw results of this run were in \`${WORK#"$ROOT"/}\` (not
+committed).
+EOF
+} >"$OUT"
+log "wrote $OUT"
