@@ -155,7 +155,7 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 }
-trap stop_server EXIT
+trap 'stop_server || true; stop_cluster 2>/dev/null || true; [ -z "${REDIS_PID:-}" ] || kill "$REDIS_PID" 2>/dev/null || true' EXIT
 
 available() {
   case "$1" in
@@ -224,6 +224,83 @@ for server in $SERVERS; do
     run_case "$server" idle --connections 50000 --subscribe --settle 3 --setup-timeout 180
   fi
 done
+
+# --- cross-node: the Redis engine, subscribers spread over three nodes ----------------------
+# Same cases for: one node on the memory engine, one node on the Redis engine, and three
+# nodes sharing one Redis with the subscribers spread round robin (the publisher on node 1).
+# Redis and every node share the server core; the load generator keeps the other.
+CLUSTER_PIDS=()
+stop_cluster() {
+  local p
+  for p in "${CLUSTER_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${CLUSTER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  CLUSTER_PIDS=()
+}
+# start_cluster_node LOG ENV... : starts one node, sets NODE_URL to its ws URL.
+start_cluster_node() {
+  local log=$1
+  shift
+  local pin=()
+  [ "$PINNED" = 1 ] && pin=(SWITCHBOARD__SERVER__WORKERS=1 SWITCHBOARD__SERVER__BROKER_SHARDS=1)
+  env SWITCHBOARD__SERVER__BIND=127.0.0.1:0 SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE=10000000 \
+    SWITCHBOARD__LIMITS__MAX_CONNECTIONS=200000 RUST_LOG=warn,switchboard::startup=info \
+    "${pin[@]}" "$@" "${PIN_SERVER[@]}" "$BIN/switchboard" >"$log" 2>&1 &
+  CLUSTER_PIDS+=($!)
+  local i addr=""
+  for ((i = 0; i < 200; i++)); do
+    addr=$(grep -o 'listening on [0-9.:]*' "$log" 2>/dev/null | head -1 | cut -d' ' -f3 || true)
+    [ -n "$addr" ] && break
+    sleep 0.05
+  done
+  [ -n "$addr" ] || return 1
+  for ((i = 0; i < 200; i++)); do
+    curl -fs "http://$addr/readyz" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  NODE_URL="ws://$addr/ws"
+}
+run_cluster_case() { # LABEL N_NODES ENGINE SUBCOMMAND ARGS...
+  local label=$1 n=$2 engine=$3
+  shift 3
+  CASE_NO=$((CASE_NO + 1))
+  local urls=() k env=(SWITCHBOARD__ENGINE__KIND="$engine")
+  [ "$engine" = redis ] && env+=(SWITCHBOARD__ENGINE__REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    SWITCHBOARD__ENGINE__PREFIX="bench$CASE_NO")
+  for ((k = 1; k <= n; k++)); do
+    start_cluster_node "$WORK/cluster-$CASE_NO-$k.log" "${env[@]}" SWITCHBOARD__SERVER__NODE_ID="n$k" ||
+      { echo "$label: node $k failed to start" >>"$PROBLEMS"; stop_cluster; return 0; }
+    urls+=("$NODE_URL")
+  done
+  local subs
+  subs=$(IFS=,; echo "${urls[*]}")
+  local out=$WORK/case-$CASE_NO.out rc=0
+  "${PIN_BENCH[@]}" "$BENCH" "$@" --url "${urls[0]}" --sub-urls "$subs" --protocol switchboard \
+    --label "$label" --server-pid "${CLUSTER_PIDS[0]}" "${SERVER_CPU_ARG[@]}" >"$out" 2>"$WORK/case-$CASE_NO.err" || rc=$?
+  grep -v '^{' "$out" >&2 || true
+  grep '^{' "$out" >>"$RESULTS" || true
+  [ "$rc" = 0 ] || echo "$label: \`switchboard-bench $*\` exited $rc: $(tail -c 400 "$WORK/case-$CASE_NO.err" | tr '\n' ' ')" >>"$PROBLEMS"
+  stop_cluster
+}
+if [ "$SMOKE" != 1 ] && [[ " $SERVERS " == *" switchboard "* ]]; then
+  if command -v redis-server >/dev/null 2>&1; then
+    log "=== cross-node (redis engine)"
+    REDIS_PORT=$("$BENCH" free-port)
+    "${PIN_SERVER[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+      >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    wait_port "$REDIS_PORT" 10 || echo "cross-node: redis-server did not start" >>"$PROBLEMS"
+    for layout in "switchboard memory, 1 node|1|memory" "switchboard redis, 1 node|1|redis" "switchboard redis, 3 nodes|3|redis"; do
+      IFS='|' read -r label n engine <<<"$layout"
+      run_cluster_case "$label" "$n" "$engine" fanout --subscribers 300 --channels 1 --size 64 --duration "$DURATION" --window 64
+      # 100 publications/s x 300 subscribers = 30000 deliveries/s.
+      run_cluster_case "$label" "$n" "$engine" latency --subscribers 300 --channels 1 --size 64 --duration "$DURATION" --rate 100 --window 1000
+    done
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+  else
+    echo "cross-node: skipped (redis-server not installed)" >>"$PROBLEMS"
+  fi
+fi
 ELAPSED=$(($(date +%s) - T0))
 
 "$BENCH" table "$RESULTS" >"$WORK/tables.md"
@@ -324,6 +401,13 @@ EOF
   server during the run, as a share of the run. The server and the load generator are pinned,
   but other programs on the machine are not; a few percent is background noise, more means the
   row was measured on a busy machine and is not comparable.
+- **switchboard memory / redis, 1 node / redis, 3 nodes** (the 300-subscriber cases): the
+  same load on one node with the in-process engine, one node on the Redis engine, and three
+  nodes sharing one Redis with the subscribers spread round robin over them and the publisher
+  on node 1. Redis and all nodes share the server core (each node with one worker and one
+  broker shard); server CPU is node 1's alone. Every publication goes through Redis's publish
+  function and comes back over pub/sub to each node, so the Redis rows measure the cost of
+  the cluster path against the memory row of the same run.
 - **KiB per connection**: (server RSS with the N connections open and subscribed − RSS before
   they were opened) / N, RSS from \`VmRSS\` in \`/proc/PID/status\`, sampled 2 s (3 s at 50000) after
   the last connection was ready. It is user-space memory only: socket buffers live in the

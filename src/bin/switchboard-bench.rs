@@ -178,6 +178,10 @@ struct LoadArgs {
     /// Exit with status 1 when a delivery is lost, a subscriber is dropped, or nothing arrives.
     #[arg(long)]
     strict: bool,
+    /// Comma separated URLs the subscribers connect to, round robin (nodes of one cluster);
+    /// the publisher stays on `--url`. Default: `--url`.
+    #[arg(long)]
+    sub_urls: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -1297,6 +1301,16 @@ async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<bool
             .map(|c| format!("bench.{run_id}.{c}"))
             .collect(),
     );
+    let sub_eps: Vec<Arc<Endpoint>> = match &args.sub_urls {
+        Some(list) => list
+            .split(',')
+            .map(|u| resolve(u.trim()).map(Arc::new))
+            .collect::<Res<Vec<_>>>()?,
+        None => vec![ep.clone()],
+    };
+    if sub_eps.is_empty() {
+        return Err("--sub-urls lists no URL".into());
+    }
     let mut subs_per_channel = vec![0u64; args.channels];
     for i in 0..args.subscribers {
         subs_per_channel[i % args.channels] += 1;
@@ -1310,8 +1324,12 @@ async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<bool
     let setup_start = Instant::now();
     let mut tasks = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
-        let (ep, channels, shared, gate) =
-            (ep.clone(), channels.clone(), shared.clone(), gate.clone());
+        let (ep, channels, shared, gate) = (
+            sub_eps[i % sub_eps.len()].clone(),
+            channels.clone(),
+            shared.clone(),
+            gate.clone(),
+        );
         let (ready_tx, stop_rx) = (ready_tx.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
@@ -1485,6 +1503,7 @@ async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<bool
         "mode": mode,
         "label": label,
         "protocol": proto.name(),
+        "sub_nodes": args.sub_urls.as_deref().map_or(1, |l| l.split(',').count()),
         "url": args.target.url,
         "subscribers": args.subscribers,
         "channels": args.channels,
@@ -1782,6 +1801,7 @@ fn case_key(v: &Value) -> String {
             if v.get("flow").and_then(Value::as_str) == Some("reply") {
                 s.push_str(", reply-paced");
             }
+
             if let Some(r) = num(v, "rate") {
                 let per_channel = g("subscribers") as f64 / g("channels").max(1) as f64;
                 let _ = write!(s, " @ {} deliveries/s", fmt_rate(Some(r * per_channel)));
