@@ -227,6 +227,17 @@ pub struct EnginePush {
     pub frame: ByteString,
 }
 
+/// Engine → broker: the channel's stream was lost and a new epoch opened; live subscribers
+/// get `reset`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EngineReset {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The new epoch.
+    pub epoch: Arc<str>,
+}
+
 /// API → broker: this shard's channels and their local subscriber counts.
 #[derive(Message)]
 #[rtype(result = "Vec<(String, usize)>")]
@@ -696,6 +707,24 @@ impl Handler<EnginePublication> for BrokerShard {
     }
 }
 
+impl Handler<EngineReset> for BrokerShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: EngineReset, _ctx: &mut Context<Self>) {
+        if let Some(entry) = self.channels.get_mut(&msg.channel) {
+            if entry.epoch.as_ref() != Some(&msg.epoch) {
+                entry.epoch = Some(msg.epoch.clone());
+                let reset = ServerFrame::Reset {
+                    channel: msg.channel.as_str(),
+                    epoch: &msg.epoch,
+                }
+                .to_text();
+                self.fan_out(&msg.channel, &reset, None);
+            }
+        }
+    }
+}
+
 impl Handler<EnginePush> for BrokerShard {
     type Result = ();
 
@@ -797,6 +826,11 @@ impl Broker {
 
     /// Routes an engine publication to its shard.
     pub fn publication(&self, msg: EnginePublication) {
+        self.shard(&msg.channel).do_send(msg);
+    }
+
+    /// Routes an engine reset to its shard.
+    pub fn reset(&self, msg: EngineReset) {
         self.shard(&msg.channel).do_send(msg);
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 
 use crate::auth::Verifier;
-use crate::broker::{Broker, EnginePublication, EnginePush};
+use crate::broker::{Broker, EnginePublication, EnginePush, EngineReset};
 use crate::channel::ChannelName;
 use crate::config::{EngineKind, Namespaces, Settings};
 use crate::engine::memory::MemoryEngine;
@@ -72,6 +72,10 @@ impl EngineHandler for NodeHandler {
 
     fn disconnect_user(&self, user: &str) -> usize {
         self.registry.disconnect_user(user)
+    }
+
+    fn on_reset(&self, channel: ChannelName, epoch: Arc<str>) {
+        self.broker.reset(EngineReset { channel, epoch });
     }
 }
 

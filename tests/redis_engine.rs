@@ -201,6 +201,7 @@ struct Recorder {
     publications: Mutex<Vec<Got>>,
     pushes: Mutex<Vec<(String, String)>>,
     disconnects: Mutex<Vec<String>>,
+    resets: Mutex<Vec<(String, String)>>,
     /// What `disconnect_user` answers (sessions "closed" on this node).
     sessions: usize,
 }
@@ -249,6 +250,12 @@ impl EngineHandler for Recorder {
     fn disconnect_user(&self, user: &str) -> usize {
         self.disconnects.lock().push(user.to_string());
         self.sessions
+    }
+
+    fn on_reset(&self, channel: ChannelName, epoch: Arc<str>) {
+        self.resets
+            .lock()
+            .push((channel.to_string(), epoch.to_string()));
     }
 }
 
@@ -631,6 +638,11 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
     wait_for("publication after restart", || rec.of("room").len() == 3).await;
     let got = rec.of("room");
     assert_eq!((got[2].offset, got[2].epoch.as_str()), (1, &*again.epoch));
+    // The node was told of the new epoch when it caught up, before that publication.
+    assert_eq!(
+        rec.resets.lock().clone(),
+        vec![("room".to_string(), again.epoch.to_string())]
+    );
     let mut con = redis.con().await;
     let schema: Option<String> = redis::cmd("GET")
         .arg(format!("{p}:schema"))

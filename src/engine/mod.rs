@@ -68,6 +68,10 @@ pub trait EngineHandler: Send + Sync + 'static {
     fn on_push(&self, channel: ChannelName, frame: ByteString);
     /// Disconnect this user's sessions on this node (4003); returns how many.
     fn disconnect_user(&self, user: &str) -> usize;
+    /// The channel's stream was lost and a new epoch opened before any publication in it:
+    /// live subscribers get `reset` now. (An engine that never loses streams never calls it;
+    /// a new epoch first seen on a publication is noticed by the broker itself.)
+    fn on_reset(&self, channel: ChannelName, epoch: Arc<str>);
 }
 
 /// The engine interface; both implementations pass the same conformance tests.

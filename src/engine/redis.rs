@@ -883,7 +883,9 @@ impl Inner {
             }
         };
         if epoch.is_empty() {
-            // Nothing in Redis any more: the next publication opens a new epoch.
+            // Nothing in Redis any more (it restarted empty): open the new epoch now, so
+            // live subscribers are told to resync at once rather than at the next publication.
+            self.open_new_epoch(channel, generation, last).await;
             return;
         }
         let epoch: Arc<str> = Arc::from(epoch);
@@ -918,6 +920,52 @@ impl Inner {
             epoch: Some(epoch),
             offset: offset.max(next.saturating_sub(1)),
         });
+    }
+
+    /// Creates the channel's meta hash (a new epoch) after Redis lost it, and tells the node
+    /// (`reset`) when that epoch differs from the one its subscribers were in.
+    async fn open_new_epoch(&self, channel: &str, generation: u64, last: Position) {
+        let (meta, history) = (self.keys.meta(channel), self.keys.history(channel));
+        // The meta lives META_GRACE; the node's periodic refresh keeps it while subscribed,
+        // and the first publication sets the namespace's own TTL.
+        let cmd = fcall(FN_HISTORY, &[&meta, &history])
+            .arg(new_epoch())
+            .arg(ms(META_GRACE))
+            .arg(0)
+            .arg(0)
+            .clone();
+        let reply = match self.query(&cmd).await {
+            Ok(v) => parse_stream_reply(v),
+            Err(_) => {
+                log::warn!("could not open a new epoch channel={channel}");
+                return;
+            }
+        };
+        let Some((offset, epoch, _)) = reply else {
+            return;
+        };
+        let epoch: Arc<str> = Arc::from(epoch);
+        let name = {
+            let mut tracks = self.tracks.lock();
+            let Some(track) = tracks.get_mut(channel) else {
+                return;
+            };
+            if track.generation != generation {
+                return;
+            }
+            let current = track.last.clone().unwrap_or(last);
+            if current.epoch.as_deref() == Some(&*epoch) {
+                return;
+            }
+            track.last = Some(Position {
+                epoch: Some(epoch.clone()),
+                offset,
+            });
+            track.name.clone()
+        };
+        if let Some(handler) = self.handler() {
+            handler.on_reset(name, epoch);
+        }
     }
 
     /// Handles one pub/sub message.
