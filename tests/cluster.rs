@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{eventually, unique_prefix, Client, Redis, Server};
 use serde_json::{json, Value};
 
