@@ -1103,19 +1103,24 @@ impl Inner {
                     .arg("GT")
                     .ignore();
             }
-            let mut con = self.conn.clone();
-            match tokio::time::timeout(
-                self.opts.command_timeout,
-                pipe.query_async::<Value>(&mut con),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(CmdError::Redis(e)),
-                Err(_) => return Err(CmdError::Timeout),
-            }
+            self.run_pipe(&pipe).await?;
         }
         Ok(())
+    }
+
+    /// Runs a pipeline under the command timeout.
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), CmdError> {
+        let mut con = self.conn.clone();
+        match tokio::time::timeout(
+            self.opts.command_timeout,
+            pipe.query_async::<Value>(&mut con),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(CmdError::Redis(e)),
+            Err(_) => Err(CmdError::Timeout),
+        }
     }
 
     /// Re-adds every presence entry of this node with a fresh expiry.
@@ -1143,17 +1148,7 @@ impl Inner {
                 }
                 pipe.add_command(cmd).ignore();
             }
-            let mut con = self.conn.clone();
-            match tokio::time::timeout(
-                self.opts.command_timeout,
-                pipe.query_async::<Value>(&mut con),
-            )
-            .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(CmdError::Redis(e)),
-                Err(_) => return Err(CmdError::Timeout),
-            }
+            self.run_pipe(&pipe).await?;
         }
         Ok(())
     }
