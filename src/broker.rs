@@ -129,10 +129,30 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Hands a reply to the session, counted but never refused for size.
-    fn send_reply(&self, sub_id: u64, frame: ByteString) {
-        self.outbox.force_reserve(frame.len());
+    /// Hands a reply to the session, counted and never refused for its own size (a
+    /// recovery is bounded by the namespace's history); but a session that already had
+    /// more than the limit queued before it is slow, so replies cannot pile up unbounded.
+    fn send_reply(&self, sub_id: u64, frame: ByteString, metrics: &Metrics) {
+        let len = frame.len();
+        self.outbox.force_reserve(len);
         self.enqueue(sub_id, frame);
+        if self.outbox.pending().saturating_sub(len) > self.outbox.limit {
+            self.mark_slow(metrics);
+        }
+    }
+
+    /// Marks the session slow and tells it to close with 4001 (once).
+    fn mark_slow(&self, metrics: &Metrics) {
+        if self.outbox.mark_slow() {
+            metrics.slow_consumers.inc();
+            log::info!(
+                "slow consumer client={} pending={}",
+                self.client,
+                self.outbox.pending()
+            );
+            self.control
+                .do_send(SessionControl::Close(CloseCode::SlowConsumer));
+        }
     }
 
     fn enqueue(&self, sub_id: u64, frame: ByteString) {
@@ -147,16 +167,7 @@ impl SessionHandle {
             return false;
         }
         if !self.outbox.try_reserve(frame.len()) {
-            if self.outbox.mark_slow() {
-                metrics.slow_consumers.inc();
-                log::info!(
-                    "slow consumer client={} pending={}",
-                    self.client,
-                    self.outbox.pending()
-                );
-                self.control
-                    .do_send(SessionControl::Close(CloseCode::SlowConsumer));
-            }
+            self.mark_slow(metrics);
             return false;
         }
         self.enqueue(sub_id, frame.clone());
@@ -282,6 +293,15 @@ struct Subscriber {
     ns: NamespaceOptions,
     /// `Some` while joining: live publications held back until `subscribed` is sent.
     joining: Option<Vec<Buffered>>,
+    /// Once live: the epoch and offset this subscriber has been brought to. A publication
+    /// at or below it is a duplicate (Redis delivers history reads and pub/sub on separate
+    /// connections, so a publication can arrive after a reply that already covered it); a
+    /// publication in another epoch is preceded by `reset`.
+    position: Option<(Arc<str>, u64)>,
+}
+
+fn same_epoch(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Where the node's own engine subscription to a channel stands. Engine subscribe and
@@ -299,8 +319,6 @@ struct ChannelEntry {
     node: NodeState,
     /// Clients waiting for the node subscription before reading history.
     waiting: Vec<Arc<str>>,
-    /// Epoch of the last publication seen, to notice a reset.
-    epoch: Option<Arc<str>>,
 }
 
 /// One shard of the broker.
@@ -431,7 +449,9 @@ impl BrokerShard {
     }
 
     /// Delivers `frame` to every live subscriber of the entry, buffers it for joining ones,
-    /// and evicts subscribers that turned out to be slow.
+    /// and evicts subscribers that turned out to be slow. A publication (`position` given)
+    /// skips subscribers already past it and brings those in another epoch over with
+    /// `reset` first.
     fn fan_out(
         &mut self,
         channel: &ChannelName,
@@ -443,23 +463,39 @@ impl BrokerShard {
         };
         let mut slow: Vec<Arc<str>> = Vec::new();
         let mut delivered = 0u64;
+        let mut reset: Option<ByteString> = None;
         for (client, sub) in entry.subscribers.iter_mut() {
-            match (&mut sub.joining, position) {
-                (Some(buffer), Some((offset, epoch))) => buffer.push(Buffered {
-                    offset,
-                    epoch: epoch.clone(),
-                    frame: frame.clone(),
-                }),
-                // Pushes (join/leave/reset) are not part of the stream: a joining
-                // subscriber does not get them.
-                (Some(_), None) => {}
-                (None, _) => {
-                    if sub.session.send(sub.sub_id, frame, &self.metrics) {
-                        delivered += 1;
-                    } else {
-                        slow.push(client.clone());
-                    }
+            let ok = match (&mut sub.joining, position) {
+                (Some(buffer), Some((offset, epoch))) => {
+                    buffer.push(Buffered {
+                        offset,
+                        epoch: epoch.clone(),
+                        frame: frame.clone(),
+                    });
+                    continue;
                 }
+                // Pushes (join/leave) are not part of the stream: a joining subscriber
+                // does not get them.
+                (Some(_), None) => continue,
+                (None, None) => sub.session.send(sub.sub_id, frame, &self.metrics),
+                (None, Some((offset, epoch))) => {
+                    let mut ok = true;
+                    match &sub.position {
+                        Some((e, o)) if same_epoch(e, epoch) && offset <= *o => continue,
+                        Some((e, _)) if !same_epoch(e, epoch) => {
+                            let r = reset.get_or_insert_with(|| reset_frame(channel, epoch));
+                            ok = sub.session.send(sub.sub_id, r, &self.metrics);
+                        }
+                        _ => {}
+                    }
+                    sub.position = Some((epoch.clone(), offset));
+                    ok && sub.session.send(sub.sub_id, frame, &self.metrics)
+                }
+            };
+            if ok {
+                delivered += 1;
+            } else {
+                slow.push(client.clone());
             }
         }
         self.metrics.deliveries.inc_by(delivered);
@@ -467,6 +503,14 @@ impl BrokerShard {
             self.remove(channel, &client);
         }
     }
+}
+
+fn reset_frame(channel: &ChannelName, epoch: &str) -> ByteString {
+    ServerFrame::Reset {
+        channel: channel.as_str(),
+        epoch,
+    }
+    .to_text()
 }
 
 impl Handler<Subscribe> for BrokerShard {
@@ -482,7 +526,6 @@ impl Handler<Subscribe> for BrokerShard {
                 subscribers: HashMap::new(),
                 node: NodeState::Subscribing,
                 waiting: Vec::new(),
-                epoch: None,
             });
         if let Some(old) = entry.subscribers.remove(&client) {
             // The session guards against double subscribes; a leftover here means an
@@ -499,6 +542,7 @@ impl Handler<Subscribe> for BrokerShard {
                 since: msg.since,
                 ns: msg.ns,
                 joining: Some(Vec::new()),
+                position: None,
             },
         );
         self.metrics.subscriptions.inc();
@@ -628,20 +672,24 @@ impl Handler<JoinReady> for BrokerShard {
         }
         .to_text();
         let buffered = sub.joining.take().unwrap_or_default();
-        sub.session.send_reply(sub.sub_id, reply);
+        sub.session.send_reply(sub.sub_id, reply, &self.metrics);
         let mut ok = !sub.session.outbox.is_slow();
+        let mut position = (history.epoch.clone(), history.offset);
         for b in buffered {
             if !ok {
                 break;
             }
-            if b.epoch == history.epoch && b.offset <= history.offset {
+            if same_epoch(&b.epoch, &position.0) && b.offset <= position.1 {
                 continue;
             }
-            ok = sub.session.send(sub.sub_id, &b.frame, &self.metrics);
+            if !same_epoch(&b.epoch, &position.0) {
+                let r = reset_frame(&msg.channel, &b.epoch);
+                ok = sub.session.send(sub.sub_id, &r, &self.metrics);
+            }
+            ok = ok && sub.session.send(sub.sub_id, &b.frame, &self.metrics);
+            position = (b.epoch.clone(), b.offset);
         }
-        if entry.epoch.is_none() {
-            entry.epoch = Some(history.epoch.clone());
-        }
+        sub.position = Some(position);
         if !ok {
             self.remove(&msg.channel, &msg.client);
             return;
@@ -686,23 +734,6 @@ impl Handler<EnginePublication> for BrokerShard {
     type Result = ();
 
     fn handle(&mut self, msg: EnginePublication, _ctx: &mut Context<Self>) {
-        let Some(entry) = self.channels.get_mut(&msg.channel) else {
-            return;
-        };
-        if let Some(old) = &entry.epoch {
-            if *old != msg.epoch {
-                // The engine lost the channel's stream: tell live subscribers to resync.
-                let reset = ServerFrame::Reset {
-                    channel: msg.channel.as_str(),
-                    epoch: &msg.epoch,
-                }
-                .to_text();
-                entry.epoch = Some(msg.epoch.clone());
-                self.fan_out(&msg.channel, &reset, None);
-            }
-        } else {
-            entry.epoch = Some(msg.epoch.clone());
-        }
         self.fan_out(&msg.channel, &msg.frame, Some((msg.offset, &msg.epoch)));
     }
 }
@@ -711,16 +742,26 @@ impl Handler<EngineReset> for BrokerShard {
     type Result = ();
 
     fn handle(&mut self, msg: EngineReset, _ctx: &mut Context<Self>) {
-        if let Some(entry) = self.channels.get_mut(&msg.channel) {
-            if entry.epoch.as_ref() != Some(&msg.epoch) {
-                entry.epoch = Some(msg.epoch.clone());
-                let reset = ServerFrame::Reset {
-                    channel: msg.channel.as_str(),
-                    epoch: &msg.epoch,
-                }
-                .to_text();
-                self.fan_out(&msg.channel, &reset, None);
+        let Some(entry) = self.channels.get_mut(&msg.channel) else {
+            return;
+        };
+        let mut reset: Option<ByteString> = None;
+        let mut slow = Vec::new();
+        for (client, sub) in entry.subscribers.iter_mut() {
+            let Some((epoch, _)) = &sub.position else {
+                continue;
+            };
+            if same_epoch(epoch, &msg.epoch) {
+                continue;
             }
+            let r = reset.get_or_insert_with(|| reset_frame(&msg.channel, &msg.epoch));
+            if !sub.session.send(sub.sub_id, r, &self.metrics) {
+                slow.push(client.clone());
+            }
+            sub.position = Some((msg.epoch.clone(), 0));
+        }
+        for client in slow {
+            self.remove(&msg.channel, &client);
         }
     }
 }

@@ -200,7 +200,11 @@ impl Session {
         let Some(exp) = self.identity.claims.as_ref().and_then(|c| c.exp) else {
             return;
         };
-        let deadline = Duration::from_secs(exp) + self.node.settings.auth.leeway.0;
+        // A far-future `exp` (it is signed, but may be any number) means no expiry.
+        let Some(deadline) = Duration::from_secs(exp).checked_add(self.node.settings.auth.leeway.0)
+        else {
+            return;
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -680,9 +684,6 @@ pub async fn ws_route(
             .inc();
         json_error(status, code, message)
     };
-    if node.is_draining() {
-        return refuse(503, "unavailable", "the node is shutting down");
-    }
     let allowed = &node.settings.server.allowed_origins;
     if !allowed.iter().any(|o| o == "*") {
         if let Some(origin) = req.headers().get(header::ORIGIN) {
@@ -725,8 +726,8 @@ pub async fn ws_route(
     let token = query
         .into_inner()
         .token
-        .or(bearer)
-        .filter(|t| !t.is_empty());
+        .filter(|t| !t.is_empty())
+        .or(bearer.filter(|t| !t.is_empty()));
     let identity = match token {
         None => Identity::default(),
         Some(t) => match node.verifier.verify(&t) {
@@ -739,6 +740,10 @@ pub async fn ws_route(
             Err(e) => return refuse(401, "unauthorized", &e.to_string()),
         },
     };
+    // Capacity, the last check: a draining node takes no new connection.
+    if node.is_draining() {
+        return refuse(503, "unavailable", "the node is shutting down");
+    }
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(503, "unavailable", "limits.max_connections reached");
     };

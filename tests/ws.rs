@@ -153,6 +153,13 @@ async fn tokens_are_checked_before_upgrade() {
     let bearer = format!("Bearer {good}");
     let c = Client::connect(&s.ws_url(), &[("Authorization", bearer.as_str())]).await;
     assert_eq!(c.welcome["user"], "alice");
+    // An empty `?token=` does not hide a Bearer header.
+    let c = Client::connect(
+        &format!("{}?token=", s.ws_url()),
+        &[("Authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(c.welcome["user"], "alice");
     let expired = token(SECRET, json!({"sub":"alice","exp":now()-30}));
     let wrong = token("other-secret", json!({"sub":"alice"}));
     let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.";

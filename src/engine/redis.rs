@@ -816,7 +816,11 @@ impl Inner {
                 return;
             }
             // A new epoch starts at 1: what came before this message in it is missing too.
-            let from = if same_epoch { last.offset + 1 } else { 1 };
+            let from = if same_epoch {
+                last.offset.saturating_add(1)
+            } else {
+                1
+            };
             if inc.offset == from {
                 self.emit(&track.name, inc.offset, &inc.epoch, &inc.payload);
                 track.last = Some(Position {
@@ -827,7 +831,7 @@ impl Inner {
             }
             (track.generation, from)
         };
-        let to = inc.offset - 1;
+        let to = inc.offset.saturating_sub(1);
         let fill = self.range(channel, from, to).await;
         let mut tracks = self.tracks.lock();
         let Some(track) = tracks.get_mut(channel) else {
@@ -842,7 +846,7 @@ impl Inner {
                 for (offset, payload) in &entries {
                     if *offset >= next && *offset <= to {
                         self.emit(&track.name, *offset, &inc.epoch, payload);
-                        next = offset + 1;
+                        next = offset.saturating_add(1);
                     }
                 }
             }
@@ -866,7 +870,7 @@ impl Inner {
 
     /// After a reconnect: delivers what a channel missed while the node was away.
     async fn catch_up(&self, channel: &str, generation: u64, last: Position) {
-        let mut from = last.offset + 1;
+        let mut from = last.offset.saturating_add(1);
         let mut read = self.range(channel, from, u64::MAX >> 12).await;
         if let Ok((offset, epoch, _)) = &read {
             if !epoch.is_empty() && last.epoch.as_deref() != Some(epoch.as_str()) && *offset > 0 {
@@ -898,7 +902,7 @@ impl Inner {
         }
         let current = track.last.clone().unwrap_or(last);
         let mut next = if current.epoch.as_deref() == Some(&*epoch) {
-            current.offset + 1
+            current.offset.saturating_add(1)
         } else {
             1
         };
@@ -990,7 +994,8 @@ impl Inner {
                     log::warn!("malformed publication on channel={channel}");
                     return;
                 };
-                let Ok(offset) = offset.parse::<u64>() else {
+                // Offsets start at 1; anything else is not ours.
+                let Some(offset) = offset.parse::<u64>().ok().filter(|o| *o > 0) else {
                     log::warn!("malformed publication offset on channel={channel}");
                     return;
                 };
