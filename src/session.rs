@@ -87,6 +87,9 @@ impl TokenBucket {
     }
 }
 
+/// Publications of one connection that may wait for the engine at once.
+const MAX_QUEUED_PUBLISHES: usize = 256;
+
 struct PendingPublish {
     id: Option<Id>,
     channel: ChannelName,
@@ -266,6 +269,16 @@ impl Session {
                         id.as_ref(),
                         ErrorCode::RateLimited,
                         "publishing faster than limits.client_publish_rate",
+                    );
+                }
+                if self.publishes.len() >= MAX_QUEUED_PUBLISHES {
+                    // The engine is not keeping up (Redis slow or away): refuse rather than
+                    // hold an unbounded backlog of this connection's publications.
+                    return self.reply_error(
+                        ctx,
+                        id.as_ref(),
+                        ErrorCode::Unavailable,
+                        "too many publications waiting for the engine; nothing was published",
                     );
                 }
                 self.publishes.push_back(PendingPublish {
