@@ -87,9 +87,6 @@ impl TokenBucket {
     }
 }
 
-/// Publications of one connection that may wait for the engine at once.
-const MAX_QUEUED_PUBLISHES: usize = 256;
-
 struct PendingPublish {
     id: Option<Id>,
     channel: ChannelName,
@@ -271,9 +268,11 @@ impl Session {
                         "publishing faster than limits.client_publish_rate",
                     );
                 }
-                if self.publishes.len() >= MAX_QUEUED_PUBLISHES {
-                    // The engine is not keeping up (Redis slow or away): refuse rather than
-                    // hold an unbounded backlog of this connection's publications.
+                // At most one burst (a second's worth at the rate limit) may wait for the
+                // engine: when it is not keeping up (Redis slow or away), refuse rather than
+                // hold an unbounded backlog of this connection's publications.
+                let max_queued = self.node.settings.limits.client_publish_rate as usize;
+                if self.publishes.len() >= max_queued {
                     return self.reply_error(
                         ctx,
                         id.as_ref(),
