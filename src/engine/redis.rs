@@ -948,6 +948,11 @@ impl Inner {
         let Some((offset, epoch, _)) = reply else {
             return;
         };
+        if offset > 0 {
+            // Another node published in the new epoch meanwhile: its publications come over
+            // pub/sub (or from history, as a gap) and the change of epoch shows with them.
+            return;
+        }
         let epoch: Arc<str> = Arc::from(epoch);
         let name = {
             let mut tracks = self.tracks.lock();
@@ -963,7 +968,7 @@ impl Inner {
             }
             track.last = Some(Position {
                 epoch: Some(epoch.clone()),
-                offset,
+                offset: 0,
             });
             track.name.clone()
         };
