@@ -300,6 +300,19 @@ struct Subscriber {
     position: Option<(Arc<str>, u64)>,
 }
 
+impl Subscriber {
+    /// Tells the session its subscribe failed (`unavailable`, echoing the command's id).
+    fn fail(&self, channel: &ChannelName, message: &str) {
+        self.session
+            .control
+            .do_send(SessionControl::SubscribeFailed {
+                sub_id: self.sub_id,
+                channel: channel.clone(),
+                frame: error_frame(self.id.as_ref(), ErrorCode::Unavailable, message),
+            });
+    }
+}
+
 fn same_epoch(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
@@ -585,17 +598,7 @@ impl Handler<NodeSubscribed> for BrokerShard {
                     self.metrics.channels.dec();
                     for (_, sub) in entry.subscribers {
                         self.metrics.subscriptions.dec();
-                        sub.session
-                            .control
-                            .do_send(SessionControl::SubscribeFailed {
-                                sub_id: sub.sub_id,
-                                channel: msg.channel.clone(),
-                                frame: error_frame(
-                                    sub.id.as_ref(),
-                                    ErrorCode::Unavailable,
-                                    "the engine cannot subscribe now; try again",
-                                ),
-                            });
+                        sub.fail(&msg.channel, "the engine cannot subscribe now; try again");
                     }
                 }
             }
@@ -641,19 +644,11 @@ impl Handler<JoinReady> for BrokerShard {
                     msg.channel,
                     msg.client
                 );
-                let control = sub.session.control.clone();
-                let frame = error_frame(
-                    sub.id.as_ref(),
-                    ErrorCode::Unavailable,
+                sub.fail(
+                    &msg.channel,
                     "the engine cannot serve this subscription now; try again",
                 );
-                let sub_id = sub.sub_id;
                 self.remove(&msg.channel, &msg.client);
-                control.do_send(SessionControl::SubscribeFailed {
-                    sub_id,
-                    channel: msg.channel,
-                    frame,
-                });
                 return;
             }
         };

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use super::{
-    select_history, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
+    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -210,18 +210,30 @@ impl Engine for MemoryEngine {
             .entry(channel.clone())
             .or_insert_with(ChannelState::new);
         state.drop_expired(now);
-        let all: Vec<Publication> = state
-            .history
-            .iter()
-            .map(|e| e.publication.clone())
-            .collect();
-        Ok(select_history(
-            &all,
-            state.offset,
-            &state.epoch,
-            since,
-            limit,
-        ))
+        // Only the publications returned are cloned, never the whole history.
+        let held = state.history.iter().map(|e| &e.publication);
+        let (publications, recovered) = match since {
+            Some(pos) => {
+                // One more than `limit` is not needed, but at least one is: it tells
+                // whether the gap after `since` is still held.
+                let after = held
+                    .filter(|p| p.offset > pos.offset)
+                    .take(limit.max(1))
+                    .cloned()
+                    .collect();
+                recover_after(pos, state.offset, &state.epoch, after, limit)
+            }
+            None => {
+                let skip = state.history.len().saturating_sub(limit);
+                (held.skip(skip).cloned().collect(), false)
+            }
+        };
+        Ok(HistoryResult {
+            offset: state.offset,
+            epoch: state.epoch.clone(),
+            publications,
+            recovered,
+        })
     }
 
     async fn presence_add(

@@ -137,40 +137,28 @@ pub trait Engine: Send + Sync + 'static {
     async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError>;
 }
 
-/// Selects the first `limit` publications after `since`, or the newest `limit`, from a
-/// history held oldest first; shared by engines whose history is read whole.
-pub fn select_history(
-    all: &[Publication],
+/// The recovery rule both engines apply to a `since` read. `after` holds publications
+/// after `since.offset`, oldest first, at least the first one when it is still held. The
+/// result is the first `limit` of them (none in another epoch) and whether nothing was lost:
+/// the epoch matches and either `since` is the latest offset or the publication right after
+/// it is still in history.
+pub fn recover_after(
+    pos: &StreamPosition,
     latest: u64,
-    epoch: &Arc<str>,
-    since: Option<&StreamPosition>,
+    epoch: &str,
+    mut after: Vec<Publication>,
     limit: usize,
-) -> HistoryResult {
-    let (publications, recovered) = match since {
-        Some(pos) => {
-            let same_epoch = *pos.epoch == **epoch;
-            let after: Vec<&Publication> = all.iter().filter(|p| p.offset > pos.offset).collect();
-            // Nothing was lost when the history still holds the publication right after
-            // `since`, or when `since` is already the latest offset.
-            let held =
-                pos.offset == latest || after.first().is_some_and(|p| p.offset == pos.offset + 1);
-            let recovered = same_epoch && pos.offset <= latest && held;
-            let pubs = if same_epoch {
-                after.into_iter().take(limit).cloned().collect()
-            } else {
-                Vec::new()
-            };
-            (pubs, recovered)
-        }
-        None => {
-            let skip = all.len().saturating_sub(limit);
-            (all[skip..].to_vec(), false)
-        }
-    };
-    HistoryResult {
-        offset: latest,
-        epoch: epoch.clone(),
-        publications,
-        recovered,
+) -> (Vec<Publication>, bool) {
+    let same_epoch = *pos.epoch == *epoch;
+    let held = pos.offset == latest
+        || after
+            .first()
+            .is_some_and(|p| p.offset == pos.offset.saturating_add(1));
+    let recovered = same_epoch && pos.offset <= latest && held;
+    if same_epoch {
+        after.truncate(limit);
+    } else {
+        after.clear();
     }
+    (after, recovered)
 }

@@ -46,7 +46,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
-use super::{Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult};
+use super::{
+    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
+};
 use crate::channel::ChannelName;
 use crate::config::{NamespaceOptions, Settings};
 use crate::protocol::{message_frame, ClientInfo, Publication, StreamPosition};
@@ -1507,17 +1509,8 @@ impl Engine for RedisEngine {
         }
         let recovered = match since {
             Some(pos) => {
-                let same_epoch = *pos.epoch == *epoch;
-                let held = pos.offset == latest
-                    || publications
-                        .first()
-                        .is_some_and(|p| p.offset == pos.offset.saturating_add(1));
-                let recovered = same_epoch && pos.offset <= latest && held;
-                if same_epoch {
-                    publications.truncate(limit);
-                } else {
-                    publications.clear();
-                }
+                let (kept, recovered) = recover_after(pos, latest, &epoch, publications, limit);
+                publications = kept;
                 recovered
             }
             None => false,
