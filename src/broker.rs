@@ -1,6 +1,7 @@
 //! The broker: which local sessions are subscribed to which channel, and the only code that
-//! fans publications out to them. It is sharded by channel hash into actors that each run on
-//! their own arbiter (thread), so fan-out of different channels uses every core.
+//! fans publications out to them. It is sharded by channel hash into actors, one per HTTP
+//! worker thread by default and hosted on it, so fan-out of different channels uses every
+//! core and a worker's own sessions reach their shard without a thread hop.
 //!
 //! Sessions send [`Subscribe`], [`Unsubscribe`] and [`Leave`]; the engine's handler sends
 //! [`EnginePublication`] and [`EnginePush`]. A shard asks the engine to subscribe the node to
@@ -21,7 +22,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -784,14 +785,27 @@ impl Handler<ChannelCounts> for BrokerShard {
 }
 
 /// The broker as the rest of the node sees it: routes each message to its channel's shard.
+///
+/// A shard runs on an HTTP worker's thread when one claims it ([`Broker::host_shard`], called
+/// as each worker starts), so sessions of that worker reach it without a thread hop: on one
+/// core, a hop per publication and per delivery batch was a context switch each, and those
+/// took about 40% of the server's time in the many-channels benchmark (`perf record`).
+/// A shard no worker claimed (more shards than workers, or a message before the workers
+/// are up) gets an arbiter thread of its own on first use.
 #[derive(Clone)]
 pub struct Broker {
-    shards: Arc<Vec<Addr<BrokerShard>>>,
-    /// Keeps the shard threads alive for as long as the broker is.
-    _arbiters: Arc<Vec<ArbiterGuard>>,
+    inner: Arc<BrokerInner>,
 }
 
-/// Stops a shard's arbiter thread when the last broker handle goes away.
+struct BrokerInner {
+    slots: Vec<OnceLock<Addr<BrokerShard>>>,
+    engine: Arc<dyn Engine>,
+    metrics: Metrics,
+    /// Dedicated shard threads, stopped when the last broker handle goes away.
+    arbiters: Mutex<Vec<ArbiterGuard>>,
+}
+
+/// Stops a shard's arbiter thread when the broker goes away.
 struct ArbiterGuard(Arbiter);
 
 impl Drop for ArbiterGuard {
@@ -800,39 +814,64 @@ impl Drop for ArbiterGuard {
     }
 }
 
-impl Broker {
-    /// Starts `shards` shard actors, each on its own arbiter thread.
-    pub fn start(shards: usize, engine: Arc<dyn Engine>, metrics: Metrics) -> Broker {
-        let mut addrs = Vec::with_capacity(shards);
-        let mut arbiters = Vec::with_capacity(shards);
-        for _ in 0..shards.max(1) {
+impl BrokerInner {
+    fn new_shard(&self) -> BrokerShard {
+        BrokerShard {
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+            channels: HashMap::new(),
+            me: None,
+        }
+    }
+
+    fn shard(&self, i: usize) -> &Addr<BrokerShard> {
+        self.slots[i].get_or_init(|| {
             let arbiter = Arbiter::new();
-            let engine = engine.clone();
-            let metrics = metrics.clone();
-            let addr = BrokerShard::start_in_arbiter(&arbiter.handle(), move |_| BrokerShard {
+            let shard = self.new_shard();
+            let addr = BrokerShard::start_in_arbiter(&arbiter.handle(), move |_| shard);
+            self.arbiters.lock().push(ArbiterGuard(arbiter));
+            addr
+        })
+    }
+}
+
+impl Broker {
+    /// A broker of `shards` shards (at least one); none is started yet.
+    pub fn new(shards: usize, engine: Arc<dyn Engine>, metrics: Metrics) -> Broker {
+        Broker {
+            inner: Arc::new(BrokerInner {
+                slots: (0..shards.max(1)).map(|_| OnceLock::new()).collect(),
                 engine,
                 metrics,
-                channels: HashMap::new(),
-                me: None,
-            });
-            addrs.push(addr);
-            arbiters.push(ArbiterGuard(arbiter));
+                arbiters: Mutex::new(Vec::new()),
+            }),
         }
-        Broker {
-            shards: Arc::new(addrs),
-            _arbiters: Arc::new(arbiters),
+    }
+
+    /// Starts shard `i` on the current thread's arbiter (an HTTP worker as it starts),
+    /// unless it is already running or there is no such shard.
+    pub fn host_shard(&self, i: usize) {
+        if let Some(slot) = self.inner.slots.get(i) {
+            slot.get_or_init(|| {
+                let shard = self.inner.new_shard();
+                BrokerShard::start_in_arbiter(&Arbiter::current(), move |_| shard)
+            });
         }
     }
 
     fn index(&self, channel: &ChannelName) -> usize {
+        let n = self.inner.slots.len();
+        if n == 1 {
+            return 0;
+        }
         let mut h = DefaultHasher::new();
         channel.hash(&mut h);
-        (h.finish() as usize) % self.shards.len()
+        (h.finish() as usize) % n
     }
 
     /// The shard that owns `channel`.
     pub fn shard(&self, channel: &ChannelName) -> &Addr<BrokerShard> {
-        &self.shards[self.index(channel)]
+        self.inner.shard(self.index(channel))
     }
 
     /// Routes a subscribe.
@@ -853,7 +892,7 @@ impl Broker {
             per_shard.entry(self.index(&c)).or_default().push(c);
         }
         for (i, channels) in per_shard {
-            self.shards[i].do_send(Leave {
+            self.inner.shard(i).do_send(Leave {
                 client: client.clone(),
                 channels,
             });
@@ -878,8 +917,8 @@ impl Broker {
     /// Local channels and subscriber counts, sorted by name.
     pub async fn channel_counts(&self) -> Vec<(String, usize)> {
         let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            if let Ok(mut part) = shard.send(ChannelCounts).await {
+        for i in 0..self.inner.slots.len() {
+            if let Ok(mut part) = self.inner.shard(i).send(ChannelCounts).await {
                 all.append(&mut part);
             }
         }

@@ -440,10 +440,19 @@ impl Settings {
         Ok(())
     }
 
-    /// Broker shard count with `0` resolved to the number of cores.
+    /// HTTP worker count with `0` resolved to the number of cores.
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Broker shard count with `0` resolved to one per HTTP worker (each hosted on its
+    /// worker's thread).
     pub fn broker_shards(&self) -> usize {
         match self.server.broker_shards {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => self.workers(),
             n => n,
         }
     }

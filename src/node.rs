@@ -108,7 +108,7 @@ impl Node {
                     (r, None)
                 }
             };
-        let broker = Broker::start(settings.broker_shards(), engine.clone(), metrics.clone());
+        let broker = Broker::new(settings.broker_shards(), engine.clone(), metrics.clone());
         let registry = Arc::new(Registry::new(settings.limits.max_connections));
         engine.set_handler(Arc::new(NodeHandler {
             broker: broker.clone(),

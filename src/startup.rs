@@ -6,7 +6,7 @@
 //! `server.shutdown_timeout`.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,11 +87,16 @@ impl Application {
             )
         })?;
         let addr = listener.local_addr()?;
-        let workers = settings.server.workers;
+        let workers = settings.workers();
         let node = web::Data::from(Node::build(settings).await.map_err(StartupError::Config)?);
         spawn_sweeper(&node);
         let data = node.clone();
-        let mut server = HttpServer::new(move || {
+        // The factory runs once on each worker thread as it starts: the first workers each
+        // host one broker shard.
+        let next_shard = Arc::new(AtomicUsize::new(0));
+        let server = HttpServer::new(move || {
+            data.broker
+                .host_shard(next_shard.fetch_add(1, Ordering::Relaxed));
             App::new()
                 .app_data(data.clone())
                 .route("/ws", web::get().to(crate::session::ws_route))
@@ -102,10 +107,8 @@ impl Application {
         // holds small writes until the peer's delayed ACK (~40 ms), which capped fan-out
         // and put 40 ms in p99 (measured with scripts/bench.sh).
         .tcp_nodelay(true)
-        .shutdown_timeout(1);
-        if workers > 0 {
-            server = server.workers(workers);
-        }
+        .shutdown_timeout(1)
+        .workers(workers);
         let server = match tls {
             Some(cfg) => server.listen_rustls_0_23(listener, cfg)?,
             None => server.listen(listener)?,
