@@ -22,10 +22,14 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
+use futures_util::Stream;
 use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
@@ -35,21 +39,44 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition,
 };
-use crate::session::{Deliver, SessionControl};
+use crate::session::SessionControl;
 
 /// Frames the broker has handed to one session that the session has not yet written out,
 /// and their size. Shared by the session and every shard.
 ///
 /// Frames wait in a queue rather than one actor message each: the broker wakes the session
-/// only when the queue goes from empty to non-empty, and the session then writes everything
-/// queued in one go. Under load that is one mailbox message (and one write) per batch
-/// instead of per frame; idle, the empty queue allocates nothing.
+/// (through [`OutboxReady`], a stream the session listens to) only when the queue goes from
+/// empty to non-empty, and the session then writes everything queued in one go. Under load
+/// that is one wake-up (and one write) per batch instead of per frame, with no mailbox
+/// envelope allocated per batch; idle, the empty queue allocates nothing.
 #[derive(Debug)]
 pub struct Outbox {
     pending: AtomicUsize,
     slow: AtomicBool,
     limit: usize,
     queue: Mutex<VecDeque<(u64, ByteString)>>,
+    waker: AtomicWaker,
+}
+
+/// The session's side of its [`Outbox`]: yields [`FramesWaiting`] whenever frames are queued.
+/// It never ends; it goes away with the session.
+pub struct OutboxReady(Arc<Outbox>);
+
+/// Item of [`OutboxReady`]: the outbox has frames to write.
+pub struct FramesWaiting;
+
+impl Stream for OutboxReady {
+    type Item = FramesWaiting;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<FramesWaiting>> {
+        let q = self.0.queue.lock();
+        if !q.is_empty() {
+            return Poll::Ready(Some(FramesWaiting));
+        }
+        // Registered under the queue lock: a push after this sees the waker.
+        self.0.waker.register(cx.waker());
+        Poll::Pending
+    }
 }
 
 impl Outbox {
@@ -60,20 +87,31 @@ impl Outbox {
             slow: AtomicBool::new(false),
             limit,
             queue: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
         }
     }
 
-    /// Queues a frame (already counted); true when the queue was empty, so the session must
-    /// be woken.
-    fn push(&self, sub_id: u64, frame: ByteString) -> bool {
-        let mut q = self.queue.lock();
-        q.push_back((sub_id, frame));
-        q.len() == 1
+    /// The stream that tells the session when frames wait.
+    pub fn ready(self: &Arc<Self>) -> OutboxReady {
+        OutboxReady(self.clone())
     }
 
-    /// Takes every queued frame; the caller releases their bytes once written.
-    pub fn take(&self) -> VecDeque<(u64, ByteString)> {
-        std::mem::take(&mut *self.queue.lock())
+    /// Queues a frame (already counted) and wakes the session when the queue was empty.
+    fn push(&self, sub_id: u64, frame: ByteString) {
+        let was_empty = {
+            let mut q = self.queue.lock();
+            q.push_back((sub_id, frame));
+            q.len() == 1
+        };
+        if was_empty {
+            self.waker.wake();
+        }
+    }
+
+    /// Swaps every queued frame into `out` (which must be empty), so the two buffers keep
+    /// their capacity between batches; the caller releases the frames' bytes once written.
+    pub fn take_into(&self, out: &mut VecDeque<(u64, ByteString)>) {
+        std::mem::swap(&mut *self.queue.lock(), out);
     }
 
     /// Counts `n` more bytes, unless that would pass the limit.
@@ -121,8 +159,6 @@ pub struct SessionHandle {
     pub client: Arc<str>,
     /// Client and user ids, for presence and join/leave.
     pub info: ClientInfo,
-    /// Woken when frames wait in the outbox.
-    pub deliver: Recipient<Deliver>,
     /// Where subscribe failures and close orders go.
     pub control: Recipient<SessionControl>,
     /// The session's unsent-bytes account.
@@ -157,9 +193,7 @@ impl SessionHandle {
     }
 
     fn enqueue(&self, sub_id: u64, frame: ByteString) {
-        if self.outbox.push(sub_id, frame) {
-            self.deliver.do_send(Deliver);
-        }
+        self.outbox.push(sub_id, frame);
     }
 
     /// Hands a frame to the session; false when the session is (now) a slow consumer.

@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 
 use crate::api::json_error;
 use crate::auth::{AuthError, Identity};
-use crate::broker::{Outbox, SessionHandle, Subscribe};
+use crate::broker::{FramesWaiting, Outbox, SessionHandle, Subscribe};
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
@@ -33,12 +33,6 @@ use crate::protocol::{
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
 };
 use crate::registry::Slot;
-
-/// Broker → session: frames wait in the session's [`Outbox`]. Sent only when the queue goes
-/// from empty to non-empty; the session then writes everything queued at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver;
 
 /// Broker or registry → session: control messages that are not subscription traffic.
 #[derive(Message)]
@@ -101,6 +95,8 @@ pub struct Session {
     identity: Identity,
     info: ClientInfo,
     outbox: Arc<Outbox>,
+    /// The outbox's frames while a batch is written; kept so its capacity is reused.
+    batch: VecDeque<(u64, ByteString)>,
     /// Holds this connection's place under `limits.max_connections`.
     _slot: Slot,
     last_heard: Instant,
@@ -132,6 +128,7 @@ impl Session {
         let limits = &node.settings.limits;
         Session {
             outbox: Arc::new(Outbox::new(limits.max_pending_bytes)),
+            batch: VecDeque::new(),
             bucket: TokenBucket::new(limits.client_publish_rate),
             node,
             client,
@@ -155,7 +152,6 @@ impl Session {
         SessionHandle {
             client: self.client.clone(),
             info: self.info.clone(),
-            deliver: ctx.address().recipient(),
             control: ctx.address().recipient(),
             outbox: self.outbox.clone(),
         }
@@ -564,6 +560,7 @@ impl Actor for Session {
             self.identity.user(),
             node.id
         );
+        ctx.add_stream(self.outbox.ready());
         let heartbeat = &node.settings.heartbeat;
         ctx.text(
             ServerFrame::Welcome {
@@ -599,22 +596,36 @@ impl Actor for Session {
     }
 }
 
-impl Handler<Deliver> for Session {
-    type Result = ();
-
-    fn handle(&mut self, _msg: Deliver, ctx: &mut Self::Context) {
-        let frames = self.outbox.take();
+/// The broker queued frames in the outbox: write them all.
+impl StreamHandler<FramesWaiting> for Session {
+    fn handle(&mut self, _msg: FramesWaiting, ctx: &mut Self::Context) {
+        let mut batch = std::mem::take(&mut self.batch);
+        self.outbox.take_into(&mut batch);
         let mut bytes = 0;
         let write = self.closed_with.is_none() && !self.outbox.is_slow();
-        for (sub_id, frame) in frames {
+        // Frames of one subscription come in runs: look its liveness up once per run.
+        let mut last: Option<(u64, bool)> = None;
+        for (sub_id, frame) in batch.drain(..) {
             bytes += frame.len();
+            let live = match last {
+                Some((id, live)) if id == sub_id => live,
+                _ => {
+                    let live = self.sub_ids.contains_key(&sub_id);
+                    last = Some((sub_id, live));
+                    live
+                }
+            };
             // Frames of a subscription already left are dropped here.
-            if write && self.sub_ids.contains_key(&sub_id) {
+            if write && live {
                 ctx.text(frame);
             }
         }
         self.outbox.release(bytes);
+        self.batch = batch;
     }
+
+    /// The outbox stream never ends while the session lives; nothing to do.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
 
 impl Handler<SessionControl> for Session {
