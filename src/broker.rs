@@ -18,9 +18,8 @@
 //! `limits.max_pending_bytes` is evicted from the shard's channels and told to close with
 //! 4001, while the other subscribers keep receiving.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -36,6 +35,7 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::{Engine, EngineError, HistoryResult};
 use crate::metrics::Metrics;
+use crate::FastMap;
 use crate::protocol::{
     error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition,
 };
@@ -363,7 +363,7 @@ enum NodeState {
 }
 
 struct ChannelEntry {
-    subscribers: HashMap<Arc<str>, Subscriber>,
+    subscribers: FastMap<Arc<str>, Subscriber>,
     node: NodeState,
     /// Clients waiting for the node subscription before reading history.
     waiting: Vec<Arc<str>>,
@@ -373,7 +373,7 @@ struct ChannelEntry {
 pub struct BrokerShard {
     engine: Arc<dyn Engine>,
     metrics: Metrics,
-    channels: HashMap<ChannelName, ChannelEntry>,
+    channels: FastMap<ChannelName, ChannelEntry>,
     /// The shard's own address, for completions of engine calls (set in `started`).
     me: Option<Addr<BrokerShard>>,
 }
@@ -571,7 +571,7 @@ impl Handler<Subscribe> for BrokerShard {
             .channels
             .entry(msg.channel.clone())
             .or_insert_with(|| ChannelEntry {
-                subscribers: HashMap::new(),
+                subscribers: FastMap::default(),
                 node: NodeState::Subscribing,
                 waiting: Vec::new(),
             });
@@ -853,7 +853,7 @@ impl BrokerInner {
         BrokerShard {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
-            channels: HashMap::new(),
+            channels: FastMap::default(),
             me: None,
         }
     }
@@ -898,9 +898,8 @@ impl Broker {
         if n == 1 {
             return 0;
         }
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        (h.finish() as usize) % n
+        let h = foldhash::fast::FixedState::default().hash_one(channel);
+        (h as usize) % n
     }
 
     /// The shard that owns `channel`.

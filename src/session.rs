@@ -8,7 +8,7 @@
 //! This is the only module that knows actix-web-actors (deprecated upstream in favour of
 //! actix-ws), so moving off it touches one file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,7 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
+use crate::FastMap;
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
@@ -101,9 +102,9 @@ pub struct Session {
     _slot: Slot,
     last_heard: Instant,
     /// Channel → current subscription id.
-    subs: HashMap<ChannelName, u64>,
+    subs: FastMap<ChannelName, u64>,
     /// Subscription id → channel, to drop frames of subscriptions already left.
-    sub_ids: HashMap<u64, ChannelName>,
+    sub_ids: FastMap<u64, ChannelName>,
     next_sub: u64,
     /// Malformed commands in a row.
     errors: u32,
@@ -136,8 +137,8 @@ impl Session {
             info,
             _slot: slot,
             last_heard: Instant::now(),
-            subs: HashMap::new(),
-            sub_ids: HashMap::new(),
+            subs: FastMap::default(),
+            sub_ids: FastMap::default(),
             next_sub: 1,
             errors: 0,
             publishes: VecDeque::new(),

@@ -6,9 +6,8 @@
 //! non-blocking mailbox send), so concurrent publishers on one channel reach the broker in
 //! offset order.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use super::{
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::protocol::{message_frame, ClientInfo, Publication, StreamPosition};
+use crate::FastMap;
 
 /// Number of lock shards; a power of two comfortably above the core count.
 const LOCK_SHARDS: usize = 32;
@@ -66,7 +66,7 @@ fn new_epoch() -> Arc<str> {
 
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<ChannelName, ChannelState>,
+    channels: FastMap<ChannelName, ChannelState>,
     presence: HashMap<ChannelName, HashMap<String, ClientInfo>>,
     /// Channels the node is subscribed to: never forgotten, or live subscribers would see
     /// their epoch change under them.
@@ -93,9 +93,8 @@ impl MemoryEngine {
     }
 
     fn shard(&self, channel: &ChannelName) -> &Mutex<Shard> {
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % LOCK_SHARDS]
+        let h = foldhash::fast::FixedState::default().hash_one(channel);
+        &self.shards[(h as usize) % LOCK_SHARDS]
     }
 
     /// Forgets channels whose history has expired and that nobody on the node subscribes to,
