@@ -20,16 +20,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -56,6 +58,33 @@ pub struct Outbox {
     limit: usize,
     queue: Mutex<VecDeque<(u64, ByteString)>>,
     waker: AtomicWaker,
+    /// More than half of `limit` queued (counted once in `pressure`).
+    behind: AtomicBool,
+    /// When the session last wrote frames out ([`now_ms`]).
+    last_write_ms: AtomicU64,
+    pressure: Arc<Pressure>,
+}
+
+/// How long a publishing session may wait, per publication, for subscribers of the channel
+/// that are behind ([`Broker::pace`]).
+pub const MAX_STALL: Duration = Duration::from_millis(50);
+
+/// A subscriber that wrote nothing for this long is not reading: publishers do not wait for
+/// it (it is cut at the limit instead).
+const STUCK_MS: u64 = 100;
+
+/// Milliseconds since the first call: a cheap clock shared by every outbox.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The node's count of sessions more than half full, and a signal each time one of them
+/// writes; publishing sessions wait on it in [`Broker::pace`].
+#[derive(Debug, Default)]
+pub struct Pressure {
+    behind: AtomicUsize,
+    progress: Notify,
 }
 
 /// The session's side of its [`Outbox`]: yields [`FramesWaiting`] whenever frames are queued.
@@ -81,14 +110,36 @@ impl Stream for OutboxReady {
 
 impl Outbox {
     /// An empty outbox that holds at most `limit` bytes.
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, pressure: Arc<Pressure>) -> Self {
         Outbox {
             pending: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
             limit,
             queue: Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
+            behind: AtomicBool::new(false),
+            last_write_ms: AtomicU64::new(now_ms()),
+            pressure,
         }
+    }
+
+    /// Notes a new level of queued bytes after an increase.
+    fn raised_to(&self, pending: usize) {
+        if pending > self.limit / 2 && !self.behind.swap(true, Ordering::AcqRel) {
+            self.pressure.behind.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// True while this session is more than half full but still writing: a publisher to
+    /// one of its channels should wait for it rather than push it over the limit.
+    fn holds_back(&self) -> bool {
+        self.holds_back_at(now_ms())
+    }
+
+    fn holds_back_at(&self, now_ms: u64) -> bool {
+        self.behind.load(Ordering::Acquire)
+            && !self.is_slow()
+            && now_ms.saturating_sub(self.last_write_ms.load(Ordering::Acquire)) < STUCK_MS
     }
 
     /// The stream that tells the session when frames wait.
@@ -121,6 +172,7 @@ impl Outbox {
             self.pending.fetch_sub(n, Ordering::AcqRel);
             false
         } else {
+            self.raised_to(before + n);
             true
         }
     }
@@ -128,12 +180,20 @@ impl Outbox {
     /// Counts `n` more bytes whatever the limit: for a `subscribed` reply, whose recovered
     /// publications are bounded by the namespace's history and must not count as slowness.
     fn force_reserve(&self, n: usize) {
-        self.pending.fetch_add(n, Ordering::AcqRel);
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        self.raised_to(before + n);
     }
 
     /// The session wrote (or dropped) `n` bytes it had been handed.
     pub fn release(&self, n: usize) {
-        self.pending.fetch_sub(n, Ordering::AcqRel);
+        let after = self.pending.fetch_sub(n, Ordering::AcqRel) - n;
+        self.last_write_ms.store(now_ms(), Ordering::Release);
+        if self.behind.load(Ordering::Acquire) {
+            if after <= self.limit / 2 && self.behind.swap(false, Ordering::AcqRel) {
+                self.pressure.behind.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.pressure.progress.notify_waiters();
+        }
     }
 
     /// Marks the session slow; true for the first caller only.
@@ -149,6 +209,15 @@ impl Outbox {
     /// Bytes currently queued.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if *self.behind.get_mut() {
+            self.pressure.behind.fetch_sub(1, Ordering::AcqRel);
+            self.pressure.progress.notify_waiters();
+        }
     }
 }
 
@@ -282,6 +351,15 @@ pub struct EngineReset {
     pub channel: ChannelName,
     /// The new epoch.
     pub epoch: Arc<str>,
+}
+
+/// Session → broker: does a live subscriber of this channel hold publishers back (more than
+/// half full, still reading)?
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Pace {
+    /// The channel just published to.
+    pub channel: ChannelName,
 }
 
 /// API → broker: this shard's channels and their local subscriber counts.
@@ -804,6 +882,18 @@ impl Handler<EnginePush> for BrokerShard {
     }
 }
 
+impl Handler<Pace> for BrokerShard {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Pace, _ctx: &mut Context<Self>) -> bool {
+        self.channels.get(&msg.channel).is_some_and(|e| {
+            e.subscribers
+                .values()
+                .any(|s| s.joining.is_none() && s.session.outbox.holds_back())
+        })
+    }
+}
+
 impl Handler<ChannelCounts> for BrokerShard {
     type Result = MessageResult<ChannelCounts>;
 
@@ -835,6 +925,7 @@ struct BrokerInner {
     slots: Vec<OnceLock<Addr<BrokerShard>>>,
     engine: Arc<dyn Engine>,
     metrics: Metrics,
+    pressure: Arc<Pressure>,
     /// Dedicated shard threads, stopped when the last broker handle goes away.
     arbiters: Mutex<Vec<ArbiterGuard>>,
 }
@@ -877,6 +968,7 @@ impl Broker {
                 slots: (0..shards.max(1)).map(|_| OnceLock::new()).collect(),
                 engine,
                 metrics,
+                pressure: Arc::default(),
                 arbiters: Mutex::new(Vec::new()),
             }),
         }
@@ -905,6 +997,38 @@ impl Broker {
     /// The shard that owns `channel`.
     pub fn shard(&self, channel: &ChannelName) -> &Addr<BrokerShard> {
         self.inner.shard(self.index(channel))
+    }
+
+    /// The node's pressure account, shared by every session's outbox.
+    pub fn pressure(&self) -> Arc<Pressure> {
+        self.inner.pressure.clone()
+    }
+
+    /// Backpressure for a publisher: waits while a live local subscriber of `channel` is
+    /// more than half full and still reading, at most [`MAX_STALL`]. A publisher paced by
+    /// its `published` replies then slows to what the subscribers take, instead of pushing
+    /// them all past `limits.max_pending_bytes` (4001). Subscribers that stopped reading
+    /// do not hold it back. Costs one atomic load when no session anywhere is behind.
+    pub async fn pace(&self, channel: &ChannelName) {
+        let pressure = &self.inner.pressure;
+        if pressure.behind.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + MAX_STALL;
+        loop {
+            let progress = pressure.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let pace = Pace {
+                channel: channel.clone(),
+            };
+            if !self.shard(channel).send(pace).await.unwrap_or(false) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Routes a subscribe.
@@ -957,5 +1081,67 @@ impl Broker {
         }
         all.sort();
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> ByteString {
+        ByteString::from("x".repeat(n))
+    }
+
+    #[test]
+    fn outbox_counts_behind_once_and_releases_on_drain() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        // Exactly half is not behind; one byte more is.
+        assert!(a.try_reserve(50));
+        a.push(1, frame(50));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+        assert!(a.try_reserve(1));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        assert!(a.holds_back());
+        // Counted once however much more is queued; the limit itself still refuses.
+        assert!(a.try_reserve(49));
+        assert!(!a.try_reserve(1));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        // Writing down to half clears it.
+        a.release(50);
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+        assert!(!a.holds_back());
+    }
+
+    #[test]
+    fn a_stuck_or_slow_outbox_does_not_hold_back_and_dropping_uncounts() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        a.force_reserve(80);
+        assert!(a.holds_back());
+        // No write for longer than STUCK_MS: the reader stopped, publishers go on.
+        let last = a.last_write_ms.load(Ordering::Acquire);
+        assert!(a.holds_back_at(last + STUCK_MS - 1));
+        assert!(!a.holds_back_at(last + STUCK_MS));
+        assert!(a.mark_slow());
+        assert!(!a.holds_back());
+        drop(a);
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_wakes_a_waiting_publisher() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        a.force_reserve(80);
+        let waiting = pressure.progress.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        a.release(10);
+        // Still behind (70 > 50), but the write is progress: the waiter is woken.
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the write");
     }
 }

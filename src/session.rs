@@ -128,7 +128,10 @@ impl Session {
         };
         let limits = &node.settings.limits;
         Session {
-            outbox: Arc::new(Outbox::new(limits.max_pending_bytes)),
+            outbox: Arc::new(Outbox::new(
+                limits.max_pending_bytes,
+                node.broker.pressure(),
+            )),
             batch: VecDeque::new(),
             bucket: TokenBucket::new(limits.client_publish_rate),
             node,
@@ -484,10 +487,18 @@ impl Session {
             return;
         };
         self.publishing = true;
-        let engine = self.node.engine.clone();
+        let node = self.node.clone();
         let info = self.info.clone();
         let fut = async move {
-            let r = engine.publish(&p.channel, p.data, Some(info), &p.ns).await;
+            let r = node
+                .engine
+                .publish(&p.channel, p.data, Some(info), &p.ns)
+                .await;
+            // `published` (and this connection's next publication) waits while the
+            // channel's subscribers here are behind but reading: backpressure.
+            if r.is_ok() {
+                node.broker.pace(&p.channel).await;
+            }
             (p.id, p.channel, r)
         };
         ctx.spawn(fut.into_actor(self).map(|(id, channel, r), act, ctx| {
