@@ -20,8 +20,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -37,11 +37,11 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::{Engine, EngineError, HistoryResult};
 use crate::metrics::Metrics;
-use crate::FastMap;
 use crate::protocol::{
     error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition,
 };
 use crate::session::SessionControl;
+use crate::FastMap;
 
 /// Frames the broker has handed to one session that the session has not yet written out,
 /// and their size. Shared by the session and every shard.

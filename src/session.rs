@@ -28,12 +28,12 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
-use crate::FastMap;
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
 };
 use crate::registry::Slot;
+use crate::FastMap;
 
 /// Broker or registry → session: control messages that are not subscription traffic.
 #[derive(Message)]

@@ -2235,7 +2235,13 @@ mod tests {
         }
         assert_eq!(
             seen,
-            ["text hello", "binary 300", "ping p", "text abcd", "close 4001 bye"]
+            [
+                "text hello",
+                "binary 300",
+                "ping p",
+                "text abcd",
+                "close 4001 bye"
+            ]
         );
         let masked = client_frame(0x1, b"hi");
         assert_eq!(masked[1], 0x80 | 2);
