@@ -221,7 +221,8 @@ impl Drop for Outbox {
     }
 }
 
-/// How the broker reaches one session.
+/// How the broker reaches one session. A session builds it once and shares it (`Arc`) with
+/// every subscription, rather than a copy of its ids, recipient and outbox per subscription.
 #[derive(Clone)]
 pub struct SessionHandle {
     /// The connection id.
@@ -284,8 +285,8 @@ impl SessionHandle {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
-    /// Who subscribes.
-    pub session: SessionHandle,
+    /// Who subscribes (the session's one shared handle).
+    pub session: Arc<SessionHandle>,
     /// The session's id for this subscription; frames carry it back.
     pub sub_id: u64,
     /// The channel.
@@ -398,14 +399,24 @@ struct Buffered {
     frame: ByteString,
 }
 
-struct Subscriber {
-    session: SessionHandle,
-    sub_id: u64,
+/// What a subscriber needs only until its `subscribed` reply is sent. Boxed apart from
+/// [`Subscriber`] so that a live subscription, the long-lived state, carries one pointer
+/// instead of the command's id, the recovery position and an empty buffer.
+struct Joining {
+    /// The subscribe command's id, echoed in `subscribed` or the error reply.
     id: Option<Id>,
+    /// Recover from this position.
     since: Option<StreamPosition>,
+    /// Live publications held back until `subscribed` is sent.
+    buffer: Vec<Buffered>,
+}
+
+struct Subscriber {
+    session: Arc<SessionHandle>,
+    sub_id: u64,
     ns: NamespaceOptions,
-    /// `Some` while joining: live publications held back until `subscribed` is sent.
-    joining: Option<Vec<Buffered>>,
+    /// `Some` while joining (see [`Joining`]); `None` once live.
+    joining: Option<Box<Joining>>,
     /// Once live: the epoch and offset this subscriber has been brought to. A publication
     /// at or below it is a duplicate (Redis delivers history reads and pub/sub on separate
     /// connections, so a publication can arrive after a reply that already covered it); a
@@ -421,7 +432,11 @@ impl Subscriber {
             .do_send(SessionControl::SubscribeFailed {
                 sub_id: self.sub_id,
                 channel: channel.clone(),
-                frame: error_frame(self.id.as_ref(), ErrorCode::Unavailable, message),
+                frame: error_frame(
+                    self.joining.as_ref().and_then(|j| j.id.as_ref()),
+                    ErrorCode::Unavailable,
+                    message,
+                ),
             });
     }
 }
@@ -507,11 +522,15 @@ impl BrokerShard {
         else {
             return;
         };
+        // A join starts once per subscriber; one already live was answered.
+        let Some(joining) = &sub.joining else {
+            return;
+        };
+        let since = joining.since.clone();
         let engine = self.engine.clone();
         let addr = ctx.address();
         let channel = channel.clone();
         let info = sub.session.info.clone();
-        let since = sub.since.clone();
         let sub_id = sub.sub_id;
         let ns = sub.ns.clone();
         actix::spawn(async move {
@@ -592,8 +611,8 @@ impl BrokerShard {
         let mut reset: Option<ByteString> = None;
         for (client, sub) in entry.subscribers.iter_mut() {
             let ok = match (&mut sub.joining, position) {
-                (Some(buffer), Some((offset, epoch))) => {
-                    buffer.push(Buffered {
+                (Some(joining), Some((offset, epoch))) => {
+                    joining.buffer.push(Buffered {
                         offset,
                         epoch: epoch.clone(),
                         frame: frame.clone(),
@@ -664,10 +683,12 @@ impl Handler<Subscribe> for BrokerShard {
             Subscriber {
                 session: msg.session,
                 sub_id: msg.sub_id,
-                id: msg.id,
-                since: msg.since,
                 ns: msg.ns,
-                joining: Some(Vec::new()),
+                joining: Some(Box::new(Joining {
+                    id: msg.id,
+                    since: msg.since,
+                    buffer: Vec::new(),
+                })),
                 position: None,
             },
         );
@@ -746,7 +767,8 @@ impl Handler<JoinReady> for BrokerShard {
         let Some(sub) = entry.subscribers.get_mut(&msg.client) else {
             return;
         };
-        if sub.sub_id != msg.sub_id {
+        // A join completes once: a subscriber already live was answered.
+        if sub.sub_id != msg.sub_id || sub.joining.is_none() {
             return;
         }
         let history = match msg.result {
@@ -765,13 +787,17 @@ impl Handler<JoinReady> for BrokerShard {
                 return;
             }
         };
-        let (recovered, publications) = match &sub.since {
+        // Taken before the loop below: a subscriber evicted there is live (it gets `leave`).
+        let Some(joining) = sub.joining.take() else {
+            return;
+        };
+        let (recovered, publications) = match &joining.since {
             Some(_) if history.recovered => (Some(true), Some(&history.publications[..])),
             Some(_) => (Some(false), Some(&[][..])),
             None => (None, None),
         };
         let reply = ServerFrame::Subscribed {
-            id: sub.id.as_ref(),
+            id: joining.id.as_ref(),
             channel: msg.channel.as_str(),
             offset: history.offset,
             epoch: &history.epoch,
@@ -779,7 +805,7 @@ impl Handler<JoinReady> for BrokerShard {
             publications,
         }
         .to_text();
-        let buffered = sub.joining.take().unwrap_or_default();
+        let buffered = joining.buffer;
         sub.session.send_reply(sub.sub_id, reply, &self.metrics);
         let mut ok = !sub.session.outbox.is_slow();
         let mut position = (history.epoch.clone(), history.offset);

@@ -28,7 +28,7 @@ pub mod registry;
 pub mod session;
 pub mod startup;
 
-/// The hash map of the per-publication paths (channels, subscribers, subscription ids):
+/// The hash map of the per-publication paths (channels and their subscribers):
 /// foldhash instead of SipHash, which took about 2% of the server's time in the fan-out
 /// benchmark. Seeded per map, so keys chosen by clients do not collide by design.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -42,12 +42,16 @@ pub struct StreamPosition {
 }
 
 /// Who published, or who joined or left.
+///
+/// The strings are shared (`Arc<str>`, serialized as plain JSON strings): a session's info
+/// is cloned into its broker handle, every publication it makes and every presence entry,
+/// and a clone is then a reference count rather than two heap strings per copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// The connection's id.
-    pub client: String,
+    pub client: Arc<str>,
     /// The token's `sub`, or empty for an anonymous connection.
-    pub user: String,
+    pub user: Arc<str>,
 }
 
 /// A publication as held in history and returned by `subscribed` and `history`.

@@ -33,7 +33,6 @@ use crate::protocol::{
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
 };
 use crate::registry::Slot;
-use crate::FastMap;
 
 /// Broker or registry → session: control messages that are not subscription traffic.
 #[derive(Message)]
@@ -89,6 +88,60 @@ struct PendingPublish {
     ns: NamespaceOptions,
 }
 
+/// A session's subscriptions: (channel, subscription id) pairs in one small vector, in the
+/// order they were made. Two hash maps (channel → id and id → channel) cost about a hundred
+/// bytes per idle connection and a table allocation each once used, for a set bounded by
+/// `limits.max_subscriptions_per_connection` and usually a handful long.
+///
+/// Ids only grow (`Session::next_sub`) and removal keeps the order, so the vector is
+/// sorted by id: the per-frame liveness check is a binary search. Lookups by channel scan,
+/// but only commands do them.
+#[derive(Default)]
+struct Subscriptions(Vec<(ChannelName, u64)>);
+
+impl Subscriptions {
+    /// The subscription id of `channel`.
+    fn get(&self, channel: &ChannelName) -> Option<u64> {
+        self.0.iter().find(|(c, _)| c == channel).map(|&(_, id)| id)
+    }
+
+    fn contains_channel(&self, channel: &ChannelName) -> bool {
+        self.get(channel).is_some()
+    }
+
+    /// True while subscription `id` is current (not left, not failed).
+    fn contains_id(&self, id: u64) -> bool {
+        self.0.binary_search_by_key(&id, |&(_, i)| i).is_ok()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds a subscription, in id order (at the end, as ids only grow).
+    fn insert(&mut self, channel: ChannelName, id: u64) {
+        // Grown exactly (1, 2, 4, ...) rather than to Vec's minimum of four: most
+        // connections hold one or two subscriptions.
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(self.0.len().max(1));
+        }
+        let at = self.0.partition_point(|&(_, i)| i < id);
+        self.0.insert(at, (channel, id));
+    }
+
+    /// Removes the subscription of `channel`, returning its id.
+    fn remove(&mut self, channel: &ChannelName) -> Option<u64> {
+        let at = self.0.iter().position(|(c, _)| c == channel)?;
+        // `remove`, not `swap_remove`: the order by id is what `contains_id` searches.
+        Some(self.0.remove(at).1)
+    }
+
+    /// Empties the set, yielding its channels.
+    fn drain_channels(&mut self) -> impl Iterator<Item = ChannelName> + '_ {
+        self.0.drain(..).map(|(c, _)| c)
+    }
+}
+
 /// The session actor.
 pub struct Session {
     node: web::Data<Node>,
@@ -101,10 +154,9 @@ pub struct Session {
     /// Holds this connection's place under `limits.max_connections`.
     _slot: Slot,
     last_heard: Instant,
-    /// Channel → current subscription id.
-    subs: FastMap<ChannelName, u64>,
-    /// Subscription id → channel, to drop frames of subscriptions already left.
-    sub_ids: FastMap<u64, ChannelName>,
+    /// Channel ↔ current subscription id; frames of subscriptions no longer in it (left
+    /// or failed) are dropped.
+    subs: Subscriptions,
     next_sub: u64,
     /// Malformed commands in a row.
     errors: u32,
@@ -117,14 +169,17 @@ pub struct Session {
     expiry: Option<SpawnHandle>,
     /// The code this side closed with, for the log line.
     closed_with: Option<u16>,
+    /// The broker's handle on this session, built on the first subscribe and shared by
+    /// every subscription.
+    handle: Option<Arc<SessionHandle>>,
 }
 
 impl Session {
     fn new(node: web::Data<Node>, identity: Identity, slot: Slot) -> Session {
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let info = ClientInfo {
-            client: client.to_string(),
-            user: identity.user().to_string(),
+            client: client.clone(),
+            user: Arc::from(identity.user()),
         };
         let limits = &node.settings.limits;
         Session {
@@ -140,8 +195,7 @@ impl Session {
             info,
             _slot: slot,
             last_heard: Instant::now(),
-            subs: FastMap::default(),
-            sub_ids: FastMap::default(),
+            subs: Subscriptions::default(),
             next_sub: 1,
             errors: 0,
             publishes: VecDeque::new(),
@@ -149,16 +203,22 @@ impl Session {
             fragment: None,
             expiry: None,
             closed_with: None,
+            handle: None,
         }
     }
 
-    fn session_handle(&self, ctx: &mut ws::WebsocketContext<Self>) -> SessionHandle {
-        SessionHandle {
-            client: self.client.clone(),
-            info: self.info.clone(),
-            control: ctx.address().recipient(),
-            outbox: self.outbox.clone(),
-        }
+    /// The session's one broker handle, built when first needed.
+    fn session_handle(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> Arc<SessionHandle> {
+        self.handle
+            .get_or_insert_with(|| {
+                Arc::new(SessionHandle {
+                    client: self.client.clone(),
+                    info: self.info.clone(),
+                    control: ctx.address().recipient(),
+                    outbox: self.outbox.clone(),
+                })
+            })
+            .clone()
     }
 
     /// Sends `disconnect`, then a Close frame with the same code, and stops.
@@ -230,15 +290,14 @@ impl Session {
             Command::Ping => ctx.text(ServerFrame::Pong { id: id.as_ref() }.to_text()),
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since, ctx),
             Command::Unsubscribe { channel } => {
-                let Some(sub_id) = self.subs.remove(&channel) else {
+                if self.subs.remove(&channel).is_none() {
                     return self.reply_error(
                         ctx,
                         id.as_ref(),
                         ErrorCode::NotSubscribed,
                         "not subscribed to this channel",
                     );
-                };
-                self.sub_ids.remove(&sub_id);
+                }
                 self.node
                     .broker
                     .unsubscribe(self.client.clone(), channel.clone());
@@ -318,8 +377,8 @@ impl Session {
                                 let clients: Vec<ClientInfo> = list
                                     .into_iter()
                                     .map(|e| ClientInfo {
-                                        client: e.client,
-                                        user: e.user,
+                                        client: e.client.into(),
+                                        user: e.user.into(),
                                     })
                                     .collect();
                                 ctx.text(
@@ -414,7 +473,7 @@ impl Session {
                 "subscribing to this channel is not allowed",
             );
         }
-        if self.subs.contains_key(&channel) {
+        if self.subs.contains_channel(&channel) {
             return self.reply_error(
                 ctx,
                 id.as_ref(),
@@ -433,7 +492,6 @@ impl Session {
         let sub_id = self.next_sub;
         self.next_sub += 1;
         self.subs.insert(channel.clone(), sub_id);
-        self.sub_ids.insert(sub_id, channel.clone());
         let session = self.session_handle(ctx);
         self.node.broker.subscribe(Subscribe {
             session,
@@ -597,8 +655,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let node = &self.node;
-        node.broker
-            .leave(&self.client, self.subs.drain().map(|(c, _)| c));
+        node.broker.leave(&self.client, self.subs.drain_channels());
         node.registry.unregister(&self.client);
         node.metrics.connections.dec();
         match self.closed_with {
@@ -622,7 +679,7 @@ impl StreamHandler<FramesWaiting> for Session {
             let live = match last {
                 Some((id, live)) if id == sub_id => live,
                 _ => {
-                    let live = self.sub_ids.contains_key(&sub_id);
+                    let live = self.subs.contains_id(sub_id);
                     last = Some((sub_id, live));
                     live
                 }
@@ -651,9 +708,8 @@ impl Handler<SessionControl> for Session {
                 channel,
                 frame,
             } => {
-                if self.subs.get(&channel) == Some(&sub_id) {
+                if self.subs.get(&channel) == Some(sub_id) {
                     self.subs.remove(&channel);
-                    self.sub_ids.remove(&sub_id);
                 }
                 if self.closed_with.is_none() {
                     ctx.text(frame);
@@ -791,5 +847,34 @@ pub async fn ws_route(
     {
         Ok(resp) => resp,
         Err(e) => json_error(400, "bad_request", &format!("not a WebSocket upgrade: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn subscriptions_look_up_by_channel_and_by_id_after_removals() {
+        let mut subs = Subscriptions::default();
+        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            subs.insert(ch(name), i as u64 + 1);
+        }
+        assert_eq!(subs.remove(&ch("b")), Some(2));
+        assert_eq!(subs.remove(&ch("b")), None);
+        subs.insert(ch("b"), 6);
+        assert_eq!(subs.len(), 5);
+        assert_eq!(subs.get(&ch("b")), Some(6));
+        assert!(subs.contains_channel(&ch("e")));
+        assert!(!subs.contains_channel(&ch("x")));
+        assert!(!subs.contains_id(2));
+        assert!((1..=6).filter(|&i| i != 2).all(|i| subs.contains_id(i)));
+        let left: Vec<String> = subs.drain_channels().map(|c| c.to_string()).collect();
+        assert_eq!(left, ["a", "c", "d", "e", "b"]);
+        assert_eq!(subs.len(), 0);
     }
 }

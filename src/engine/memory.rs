@@ -67,7 +67,8 @@ fn new_epoch() -> Arc<str> {
 #[derive(Default)]
 struct Shard {
     channels: FastMap<ChannelName, ChannelState>,
-    presence: HashMap<ChannelName, HashMap<String, ClientInfo>>,
+    /// Keyed by the entry's own client id (shared with it, not copied).
+    presence: HashMap<ChannelName, HashMap<Arc<str>, ClientInfo>>,
     /// Channels the node is subscribed to: never forgotten, or live subscribers would see
     /// their epoch change under them.
     held: HashSet<ChannelName>,
@@ -273,8 +274,8 @@ impl Engine for MemoryEngine {
             .map(|set| {
                 set.values()
                     .map(|i| PresenceEntry {
-                        client: i.client.clone(),
-                        user: i.user.clone(),
+                        client: i.client.to_string(),
+                        user: i.user.to_string(),
                         node: self.node_id.clone(),
                     })
                     .collect()

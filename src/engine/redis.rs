@@ -1530,7 +1530,7 @@ impl Engine for RedisEngine {
         _ns: &NamespaceOptions,
     ) -> Result<(), EngineError> {
         let value = serde_json::to_string(&PresenceInfo {
-            user: info.user.clone(),
+            user: info.user.to_string(),
             node: self.inner.opts.node_id.clone(),
         })
         .map_err(|e| EngineError::Unavailable(format!("cannot encode presence: {e}")))?;
@@ -1540,7 +1540,7 @@ impl Engine for RedisEngine {
             .lock()
             .entry(channel.shared())
             .or_default()
-            .insert(info.client.clone(), value.clone());
+            .insert(info.client.to_string(), value.clone());
         let keys = &self.inner.keys;
         let (h, z) = (
             keys.presence(channel.as_str()),
@@ -1548,7 +1548,7 @@ impl Engine for RedisEngine {
         );
         let cmd = fcall(FN_PRESENCE_ADD, &[&h, &z])
             .arg(ms(self.inner.opts.presence_period * 3))
-            .arg(&info.client)
+            .arg(&*info.client)
             .arg(value)
             .clone();
         self.fcall(&cmd).await.map(|_| ())
@@ -1723,7 +1723,7 @@ mod tests {
         assert_eq!(entries.len(), 2);
         let p = parse_publication(entries[1].0, &entries[1].1).expect("publication");
         assert_eq!(p.offset, 7);
-        assert_eq!(p.info.map(|i| i.user), Some("u".to_string()));
+        assert_eq!(p.info.as_ref().map(|i| &*i.user), Some("u"));
     }
 
     #[test]
