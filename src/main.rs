@@ -9,6 +9,13 @@ use clap::Parser;
 use switchboard::config::Settings;
 use switchboard::startup::{wait_for_signal, Application, StartupError};
 
+// jemalloc instead of glibc's malloc: per-flush buffers and per-publication frames made
+// malloc/free (with glibc's fastbin consolidation) about 7% of the server's time; with
+// jemalloc the many-channels benchmark went from 133 k to 156 k deliveries/s and 100
+// subscribers from 4.36 M to 4.63 M (medians of four runs), idle memory unchanged.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A realtime WebSocket pub/sub server.
 #[derive(Parser)]
 #[command(version, about)]
