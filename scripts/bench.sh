@@ -413,6 +413,13 @@ EOF
   the last connection was ready. It is user-space memory only: socket buffers live in the
   kernel and are not in RSS.
 
+## Against the targets
+
+Issue 4's targets, from the rows above (written by \`switchboard-bench targets\`):
+
+EOF
+  "$BENCH" targets "$RESULTS"
+  cat <<EOF
 ## Problems seen in this run
 
 EOF

@@ -625,15 +625,23 @@ impl BrokerShard {
                 (None, None) => sub.session.send(sub.sub_id, frame, &self.metrics),
                 (None, Some((offset, epoch))) => {
                     let mut ok = true;
-                    match &sub.position {
-                        Some((e, o)) if same_epoch(e, epoch) && offset <= *o => continue,
-                        Some((e, _)) if !same_epoch(e, epoch) => {
-                            let r = reset.get_or_insert_with(|| reset_frame(channel, epoch));
-                            ok = sub.session.send(sub.sub_id, r, &self.metrics);
+                    match &mut sub.position {
+                        Some((e, o)) if same_epoch(e, epoch) => {
+                            if offset <= *o {
+                                continue;
+                            }
+                            // The common case: only the offset moves (no reference count
+                            // traffic on the shared epoch per delivery).
+                            *o = offset;
                         }
-                        _ => {}
+                        position => {
+                            if position.is_some() {
+                                let r = reset.get_or_insert_with(|| reset_frame(channel, epoch));
+                                ok = sub.session.send(sub.sub_id, r, &self.metrics);
+                            }
+                            *position = Some((epoch.clone(), offset));
+                        }
                     }
-                    sub.position = Some((epoch.clone(), offset));
                     ok && sub.session.send(sub.sub_id, frame, &self.metrics)
                 }
             };

@@ -86,6 +86,17 @@ enum Cmd {
         #[arg(long, default_value = "nats")]
         reference: String,
     },
+    /// The issue's targets against the JSON lines of one run: a Markdown table.
+    Targets {
+        /// Files with one JSON object a line (other lines are skipped).
+        files: Vec<PathBuf>,
+        /// Label of the reference server the fan-out targets compare with.
+        #[arg(long, default_value = "nats")]
+        reference: String,
+        /// Label of the server under test.
+        #[arg(long, default_value = "switchboard")]
+        server: String,
+    },
     /// One line per run that lost deliveries, dropped connections or failed.
     Problems {
         /// Files with one JSON object a line (other lines are skipped).
@@ -226,6 +237,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Cmd::Targets {
+        files,
+        reference,
+        server,
+    } = &cli.cmd
+    {
+        return match targets(files, reference, server) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Cmd::Problems { files } = &cli.cmd {
         return match problems(files) {
             Ok(()) => ExitCode::SUCCESS,
@@ -266,7 +291,9 @@ fn main() -> ExitCode {
             Cmd::Fanout(a) => load(a, None).await,
             Cmd::Latency(a) => load(a.load, Some(a.rate)).await,
             Cmd::Idle(a) => idle(a).await,
-            Cmd::Table { .. } | Cmd::Problems { .. } | Cmd::FreePort => unreachable!(),
+            Cmd::Table { .. } | Cmd::Targets { .. } | Cmd::Problems { .. } | Cmd::FreePort => {
+                unreachable!()
+            }
         }
     });
     // Connections still open are dropped with the runtime; do not wait for their tasks.
@@ -2154,6 +2181,106 @@ fn table(files: &[PathBuf], reference: &str) -> Res<()> {
         }
         outln!();
     }
+    Ok(())
+}
+
+/// Issue 4's targets, each with this run's figures: fan-out and many channels at least the
+/// reference's deliveries/s, at most 6 KiB per idle subscribed connection, p99 under 5 ms at
+/// 20,000 deliveries/s, and no loss.
+fn targets(files: &[PathBuf], reference: &str, server: &str) -> Res<()> {
+    let rows = read_rows(files)?;
+    let find = |label: &str, mode: &str, key: &str| {
+        rows.iter().find(|r| {
+            r.get("label").and_then(Value::as_str) == Some(label)
+                && r.get("mode").and_then(Value::as_str) == Some(mode)
+                && case_key(r) == key
+        })
+    };
+    let yes_no = |met: bool, short: String| {
+        if met {
+            "yes".to_string()
+        } else {
+            format!("no, {short}")
+        }
+    };
+    outln!("| target (issue 4) | {server} | {reference} | ratio | met? |");
+    outln!("|---|---:|---:|---:|---|");
+    let throughput = |what: &str, key: &str| {
+        let ours = find(server, "fanout", key).and_then(|r| num(r, "delivered_per_s"));
+        let theirs = find(reference, "fanout", key).and_then(|r| num(r, "delivered_per_s"));
+        let met = match (ours, theirs) {
+            (Some(a), Some(b)) => yes_no(a >= b, format!("{:.0}% short", 100.0 * (1.0 - a / b))),
+            _ => "not measured in this run".into(),
+        };
+        outln!(
+            "| {what} ≥ {reference}: {key} | {} | {} | {} | {met} |",
+            fmt_rate(ours),
+            fmt_rate(theirs),
+            fmt_ratio(ours, theirs)
+        );
+    };
+    for subs in [100, 1000] {
+        for size in [64, 1024] {
+            throughput("fan-out", &format!("{subs} subs, 1 channel, {size} B"));
+        }
+    }
+    throughput("many channels", "1000 subs, 1000 channels, 64 B");
+    for n in [10_000, 50_000] {
+        let key = format!("{n} connections, each subscribed");
+        let kib =
+            |label: &str| find(label, "idle", &key).and_then(|r| num(r, "kib_per_connection"));
+        let (ours, theirs) = (kib(server), kib(reference));
+        let met = match ours {
+            Some(k) => yes_no(k <= 6.0, format!("{:.1} KiB over", k - 6.0)),
+            None => "not measured in this run".into(),
+        };
+        let fmt = |v: Option<f64>| v.map_or("-".into(), |k| format!("{k:.1} KiB"));
+        outln!(
+            "| ≤ 6 KiB per idle subscribed connection: {key} | {} | {} | {} | {met} |",
+            fmt(ours),
+            fmt(theirs),
+            fmt_ratio(ours, theirs)
+        );
+    }
+    let key = "100 subs, 1 channel, 64 B @ 20 k deliveries/s";
+    let p99 = |label: &str| find(label, "latency", key).and_then(|r| lat(r, "p99"));
+    let (ours, theirs) = (p99(server), p99(reference));
+    let met = match ours {
+        Some(ms) => yes_no(ms < 5.0, format!("{:.2} ms over", ms - 5.0)),
+        None => "not measured in this run".into(),
+    };
+    outln!(
+        "| p99 < 5 ms: {key} | {} ms | {} ms | {} | {met} |",
+        fmt_lat(ours),
+        fmt_lat(theirs),
+        fmt_ratio(ours, theirs)
+    );
+    let mut runs = 0;
+    let mut lossy = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.get("label").and_then(Value::as_str) == Some(server))
+        .filter(|r| r.get("mode").and_then(Value::as_str) != Some("idle"))
+    {
+        runs += 1;
+        let dropped: u64 = r
+            .get("subscribers_dropped")
+            .and_then(Value::as_object)
+            .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
+        if num(r, "lost").unwrap_or(0.0) > 0.0 || dropped > 0 {
+            lossy.push(case_key(r));
+        }
+    }
+    let met = if lossy.is_empty() {
+        "yes".to_string()
+    } else {
+        format!("no: {}", lossy.join("; "))
+    };
+    outln!(
+        "| no loss: every delivery of every confirmed publication | {} of {runs} runs lossless | | | {met} |",
+        runs - lossy.len()
+    );
+    outln!();
     Ok(())
 }
 
