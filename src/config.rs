@@ -104,7 +104,7 @@ pub struct ServerSettings {
     pub shutdown_timeout: HumanDuration,
     /// This node's id in `welcome` and presence; a random one when empty.
     pub node_id: String,
-    /// Number of broker shards (fan-out threads); 0 means one per core.
+    /// Number of broker shards; 0 means one per HTTP worker (hosted on its thread).
     pub broker_shards: usize,
     /// Number of HTTP worker threads; 0 means one per core.
     pub workers: usize,
