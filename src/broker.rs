@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
@@ -29,7 +28,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
-use futures_util::Stream;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -38,25 +36,29 @@ use crate::config::NamespaceOptions;
 use crate::engine::{Engine, EngineError, HistoryResult};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition,
+    error_frame, ClientInfo, CloseCode, ErrorCode, Id, ServerFrame, StreamPosition, WsFrame,
 };
 use crate::session::SessionControl;
 use crate::FastMap;
 
-/// Frames the broker has handed to one session that the session has not yet written out,
-/// and their size. Shared by the session and every shard.
+/// Frames the broker has handed to one session that are not yet written out, and their
+/// size. Shared by the session, its response body and every shard.
 ///
-/// Frames wait in a queue rather than one actor message each: the broker wakes the session
-/// (through [`OutboxReady`], a stream the session listens to) only when the queue goes from
-/// empty to non-empty, and the session then writes everything queued in one go. Under load
-/// that is one wake-up (and one write) per batch instead of per frame, with no mailbox
-/// envelope allocated per batch; idle, the empty queue allocates nothing.
+/// Frames are already encoded for the wire ([`WsFrame`], one encoding per publication shared
+/// by all its subscribers) and wait in a queue that the session's response body
+/// ([`crate::session`]) drains straight into the connection: the broker wakes it only when
+/// the queue goes from empty to non-empty, and it writes everything queued in one chunk,
+/// without passing through the session actor. Idle, the empty queue allocates nothing.
+///
+/// The outbox also knows which of the session's subscriptions are current: a frame for one
+/// that was left (or failed) is dropped when queued, and leaving drops what was queued for
+/// it, so nothing of a channel arrives after its `unsubscribed`.
 #[derive(Debug)]
 pub struct Outbox {
     pending: AtomicUsize,
     slow: AtomicBool,
     limit: usize,
-    queue: Mutex<VecDeque<(u64, ByteString)>>,
+    queue: Mutex<Queue>,
     waker: AtomicWaker,
     /// More than half of `limit` queued (counted once in `pressure`).
     behind: AtomicBool,
@@ -73,6 +75,16 @@ pub const MAX_STALL: Duration = Duration::from_millis(50);
 /// it (it is cut at the limit instead).
 const STUCK_MS: u64 = 100;
 
+/// What the outbox's lock guards.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<(u64, WsFrame)>,
+    /// Current subscription ids, ascending (the session's ids only grow).
+    live: Vec<u64>,
+    /// The session wrote its Close frame: nothing more may follow it.
+    closed: bool,
+}
+
 /// Milliseconds since the first call: a cheap clock shared by every outbox.
 fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -87,27 +99,6 @@ pub struct Pressure {
     progress: Notify,
 }
 
-/// The session's side of its [`Outbox`]: yields [`FramesWaiting`] whenever frames are queued.
-/// It never ends; it goes away with the session.
-pub struct OutboxReady(Arc<Outbox>);
-
-/// Item of [`OutboxReady`]: the outbox has frames to write.
-pub struct FramesWaiting;
-
-impl Stream for OutboxReady {
-    type Item = FramesWaiting;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<FramesWaiting>> {
-        let q = self.0.queue.lock();
-        if !q.is_empty() {
-            return Poll::Ready(Some(FramesWaiting));
-        }
-        // Registered under the queue lock: a push after this sees the waker.
-        self.0.waker.register(cx.waker());
-        Poll::Pending
-    }
-}
-
 impl Outbox {
     /// An empty outbox that holds at most `limit` bytes.
     pub fn new(limit: usize, pressure: Arc<Pressure>) -> Self {
@@ -115,7 +106,7 @@ impl Outbox {
             pending: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
             limit,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             behind: AtomicBool::new(false),
             last_write_ms: AtomicU64::new(now_ms()),
@@ -142,27 +133,96 @@ impl Outbox {
             && now_ms.saturating_sub(self.last_write_ms.load(Ordering::Acquire)) < STUCK_MS
     }
 
-    /// The stream that tells the session when frames wait.
-    pub fn ready(self: &Arc<Self>) -> OutboxReady {
-        OutboxReady(self.clone())
-    }
-
-    /// Queues a frame (already counted) and wakes the session when the queue was empty.
-    fn push(&self, sub_id: u64, frame: ByteString) {
+    /// Queues a frame (already counted) and wakes the body when the queue was empty; false
+    /// (and nothing queued) when its subscription is no longer current or the session
+    /// closed, and the caller releases the count.
+    fn push(&self, sub_id: u64, frame: WsFrame) -> bool {
         let was_empty = {
             let mut q = self.queue.lock();
-            q.push_back((sub_id, frame));
-            q.len() == 1
+            if q.closed || q.live.binary_search(&sub_id).is_err() {
+                return false;
+            }
+            q.frames.push_back((sub_id, frame));
+            q.frames.len() == 1
         };
         if was_empty {
             self.waker.wake();
         }
+        true
     }
 
-    /// Swaps every queued frame into `out` (which must be empty), so the two buffers keep
-    /// their capacity between batches; the caller releases the frames' bytes once written.
-    pub fn take_into(&self, out: &mut VecDeque<(u64, ByteString)>) {
-        std::mem::swap(&mut *self.queue.lock(), out);
+    /// A new subscription of the session: its frames are accepted from now on.
+    pub fn add_live(&self, sub_id: u64) {
+        let mut q = self.queue.lock();
+        if let Err(at) = q.live.binary_search(&sub_id) {
+            q.live.insert(at, sub_id);
+        }
+    }
+
+    /// A subscription left or failed: its frames are refused from now on, and those queued
+    /// are dropped.
+    pub fn remove_live(&self, sub_id: u64) {
+        let dropped = {
+            let mut q = self.queue.lock();
+            if let Ok(at) = q.live.binary_search(&sub_id) {
+                q.live.remove(at);
+            }
+            let mut dropped = 0;
+            q.frames.retain(|(id, f)| {
+                let keep = *id != sub_id;
+                if !keep {
+                    dropped += f.len();
+                }
+                keep
+            });
+            dropped
+        };
+        self.release(dropped);
+    }
+
+    /// The session wrote its Close frame: drops what is queued and refuses the rest.
+    pub fn close(&self) {
+        let dropped = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            q.frames.drain(..).map(|(_, f)| f.len()).sum()
+        };
+        self.release(dropped);
+    }
+
+    /// For the session's response body: everything queued, as one chunk ready to write
+    /// (`spare` keeps its capacity between calls), or `Pending` with the waker registered.
+    /// A slow or closed session's frames are dropped instead.
+    pub fn poll_drain(
+        &self,
+        spare: &mut VecDeque<(u64, WsFrame)>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<bytes::Bytes> {
+        let write = {
+            let mut q = self.queue.lock();
+            if q.frames.is_empty() {
+                // Registered under the lock: a push after this sees the waker.
+                self.waker.register(cx.waker());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut q.frames, spare);
+            !q.closed
+        };
+        let total: usize = spare.iter().map(|(_, f)| f.len()).sum();
+        let mut chunk = bytes::BytesMut::new();
+        if write && !self.is_slow() {
+            chunk.reserve(total);
+            for (_, f) in spare.iter() {
+                chunk.extend_from_slice(f.bytes());
+            }
+        }
+        spare.clear();
+        self.release(total);
+        if chunk.is_empty() {
+            // Dropped (slow or closed): nothing to write, and nothing more will come.
+            return Poll::Pending;
+        }
+        Poll::Ready(chunk.freeze())
     }
 
     /// Counts `n` more bytes, unless that would pass the limit.
@@ -239,7 +299,7 @@ impl SessionHandle {
     /// Hands a reply to the session, counted and never refused for its own size (a
     /// recovery is bounded by the namespace's history); but a session that already had
     /// more than the limit queued before it is slow, so replies cannot pile up unbounded.
-    fn send_reply(&self, sub_id: u64, frame: ByteString, metrics: &Metrics) {
+    fn send_reply(&self, sub_id: u64, frame: WsFrame, metrics: &Metrics) {
         let len = frame.len();
         self.outbox.force_reserve(len);
         self.enqueue(sub_id, frame);
@@ -262,12 +322,17 @@ impl SessionHandle {
         }
     }
 
-    fn enqueue(&self, sub_id: u64, frame: ByteString) {
-        self.outbox.push(sub_id, frame);
+    /// Queues a counted frame; a frame the outbox refuses (subscription left, session
+    /// closed) is uncounted again.
+    fn enqueue(&self, sub_id: u64, frame: WsFrame) {
+        let len = frame.len();
+        if !self.outbox.push(sub_id, frame) {
+            self.outbox.release(len);
+        }
     }
 
     /// Hands a frame to the session; false when the session is (now) a slow consumer.
-    fn send(&self, sub_id: u64, frame: &ByteString, metrics: &Metrics) -> bool {
+    fn send(&self, sub_id: u64, frame: &WsFrame, metrics: &Metrics) -> bool {
         if self.outbox.is_slow() {
             return false;
         }
@@ -396,7 +461,7 @@ struct JoinReady {
 struct Buffered {
     offset: u64,
     epoch: Arc<str>,
-    frame: ByteString,
+    frame: WsFrame,
 }
 
 /// What a subscriber needs only until its `subscribed` reply is sent. Boxed apart from
@@ -606,9 +671,11 @@ impl BrokerShard {
         let Some(entry) = self.channels.get_mut(channel) else {
             return;
         };
+        // Framed once for every subscriber.
+        let frame = &WsFrame::text(frame);
         let mut slow: Vec<Arc<str>> = Vec::new();
         let mut delivered = 0u64;
-        let mut reset: Option<ByteString> = None;
+        let mut reset: Option<WsFrame> = None;
         for (client, sub) in entry.subscribers.iter_mut() {
             let ok = match (&mut sub.joining, position) {
                 (Some(joining), Some((offset, epoch))) => {
@@ -658,12 +725,14 @@ impl BrokerShard {
     }
 }
 
-fn reset_frame(channel: &ChannelName, epoch: &str) -> ByteString {
-    ServerFrame::Reset {
-        channel: channel.as_str(),
-        epoch,
-    }
-    .to_text()
+fn reset_frame(channel: &ChannelName, epoch: &str) -> WsFrame {
+    WsFrame::text(
+        &ServerFrame::Reset {
+            channel: channel.as_str(),
+            epoch,
+        }
+        .to_text(),
+    )
 }
 
 impl Handler<Subscribe> for BrokerShard {
@@ -814,7 +883,8 @@ impl Handler<JoinReady> for BrokerShard {
         }
         .to_text();
         let buffered = joining.buffer;
-        sub.session.send_reply(sub.sub_id, reply, &self.metrics);
+        sub.session
+            .send_reply(sub.sub_id, WsFrame::text(&reply), &self.metrics);
         let mut ok = !sub.session.outbox.is_slow();
         let mut position = (history.epoch.clone(), history.offset);
         for b in buffered {
@@ -887,7 +957,7 @@ impl Handler<EngineReset> for BrokerShard {
         let Some(entry) = self.channels.get_mut(&msg.channel) else {
             return;
         };
-        let mut reset: Option<ByteString> = None;
+        let mut reset: Option<WsFrame> = None;
         let mut slow = Vec::new();
         for (client, sub) in entry.subscribers.iter_mut() {
             let Some((epoch, _)) = &sub.position else {
@@ -1122,8 +1192,61 @@ impl Broker {
 mod tests {
     use super::*;
 
-    fn frame(n: usize) -> ByteString {
-        ByteString::from("x".repeat(n))
+    fn frame(n: usize) -> WsFrame {
+        WsFrame::text(&"x".repeat(n))
+    }
+
+    /// Queues like the broker does: counted first, uncounted when refused.
+    fn queue(a: &Outbox, sub_id: u64, text: &str) -> bool {
+        let f = WsFrame::text(text);
+        assert!(a.try_reserve(f.len()));
+        let len = f.len();
+        let taken = a.push(sub_id, f);
+        if !taken {
+            a.release(len);
+        }
+        taken
+    }
+
+    fn drain(a: &Outbox) -> Option<Vec<u8>> {
+        let mut spare = VecDeque::new();
+        let mut cx = TaskContext::from_waker(futures_util::task::noop_waker_ref());
+        match a.poll_drain(&mut spare, &mut cx) {
+            Poll::Ready(chunk) => Some(chunk.to_vec()),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn outbox_takes_live_subscriptions_only_and_drains_in_one_chunk() {
+        let a = Outbox::new(1000, Arc::default());
+        assert!(!queue(&a, 1, "early"), "not subscribed yet");
+        a.add_live(1);
+        a.add_live(2);
+        assert!(queue(&a, 1, "one"));
+        assert!(queue(&a, 2, "two"));
+        assert!(queue(&a, 1, "three"));
+        // Leaving 2 drops what was queued for it and refuses more.
+        a.remove_live(2);
+        assert!(!queue(&a, 2, "late"));
+        let mut expected = Vec::new();
+        expected.extend_from_slice(WsFrame::text("one").bytes());
+        expected.extend_from_slice(WsFrame::text("three").bytes());
+        assert_eq!(drain(&a), Some(expected));
+        assert_eq!(a.pending(), 0);
+        assert_eq!(drain(&a), None);
+    }
+
+    #[test]
+    fn a_closed_outbox_drops_and_refuses_everything() {
+        let a = Outbox::new(1000, Arc::default());
+        a.add_live(1);
+        assert!(queue(&a, 1, "before close"));
+        a.close();
+        assert_eq!(a.pending(), 0);
+        assert!(!queue(&a, 1, "after close"));
+        assert_eq!(drain(&a), None);
+        assert_eq!(a.pending(), 0);
     }
 
     #[test]
@@ -1131,8 +1254,9 @@ mod tests {
         let pressure = Arc::new(Pressure::default());
         let a = Outbox::new(100, pressure.clone());
         // Exactly half is not behind; one byte more is.
+        a.add_live(1);
         assert!(a.try_reserve(50));
-        a.push(1, frame(50));
+        assert!(a.push(1, frame(10)));
         assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
         assert!(a.try_reserve(1));
         assert_eq!(pressure.behind.load(Ordering::Acquire), 1);

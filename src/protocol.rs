@@ -634,9 +634,73 @@ pub fn message_frame(channel: &str, publication: &Publication) -> ByteString {
     ByteString::from(out)
 }
 
+/// A server text frame encoded for the wire (RFC 6455 §5.2: FIN + text opcode, payload
+/// length, no mask, the payload), built once per frame and shared by every session it goes
+/// to. Fan-out hands these to the sessions' outboxes, which the response body writes out as
+/// they are: no per-subscriber framing.
+#[derive(Clone, Debug)]
+pub struct WsFrame(bytes::Bytes);
+
+impl WsFrame {
+    /// Frames `text` as one final text frame.
+    pub fn text(text: &str) -> WsFrame {
+        let payload = text.as_bytes();
+        let n = payload.len();
+        let mut out = bytes::BytesMut::with_capacity(n + 10);
+        out.extend_from_slice(&[0x81]);
+        if n < 126 {
+            out.extend_from_slice(&[n as u8]);
+        } else if n <= u16::MAX as usize {
+            out.extend_from_slice(&[126]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            out.extend_from_slice(&[127]);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        WsFrame(out.freeze())
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length on the wire, header included: what the frame counts in a session's pending
+    /// bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a frame has at least its two header bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Our framing is byte for byte what actix-http's own encoder writes, at every length
+    /// boundary (7-bit, 16-bit and 64-bit lengths).
+    #[test]
+    fn ws_frame_matches_actix_encoder() {
+        for n in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(n);
+            let mut expected = bytes::BytesMut::new();
+            actix_http::ws::Parser::write_message(
+                &mut expected,
+                text.as_bytes(),
+                actix_http::ws::OpCode::Text,
+                true,
+                false,
+            );
+            let ours = WsFrame::text(&text);
+            assert_eq!(ours.bytes(), &expected[..], "length {n}");
+            assert_eq!(ours.len(), expected.len());
+        }
+    }
     use serde_json::json;
 
     fn text(f: ServerFrame) -> serde_json::Value {

@@ -23,11 +23,12 @@ use serde_json::value::RawValue;
 
 use crate::api::json_error;
 use crate::auth::{AuthError, Identity};
-use crate::broker::{FramesWaiting, Outbox, SessionHandle, Subscribe};
+use crate::broker::{Outbox, SessionHandle, Subscribe};
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
+use crate::protocol::WsFrame;
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
@@ -93,9 +94,8 @@ struct PendingPublish {
 /// bytes per idle connection and a table allocation each once used, for a set bounded by
 /// `limits.max_subscriptions_per_connection` and usually a handful long.
 ///
-/// Ids only grow (`Session::next_sub`) and removal keeps the order, so the vector is
-/// sorted by id: the per-frame liveness check is a binary search. Lookups by channel scan,
-/// but only commands do them.
+/// Lookups scan, but only commands do them; which ids are current for frames is the
+/// outbox's business ([`Outbox::add_live`]).
 #[derive(Default)]
 struct Subscriptions(Vec<(ChannelName, u64)>);
 
@@ -109,30 +109,23 @@ impl Subscriptions {
         self.get(channel).is_some()
     }
 
-    /// True while subscription `id` is current (not left, not failed).
-    fn contains_id(&self, id: u64) -> bool {
-        self.0.binary_search_by_key(&id, |&(_, i)| i).is_ok()
-    }
-
     fn len(&self) -> usize {
         self.0.len()
     }
 
-    /// Adds a subscription, in id order (at the end, as ids only grow).
+    /// Adds a subscription.
     fn insert(&mut self, channel: ChannelName, id: u64) {
         // Grown exactly (1, 2, 4, ...) rather than to Vec's minimum of four: most
         // connections hold one or two subscriptions.
         if self.0.len() == self.0.capacity() {
             self.0.reserve_exact(self.0.len().max(1));
         }
-        let at = self.0.partition_point(|&(_, i)| i < id);
-        self.0.insert(at, (channel, id));
+        self.0.push((channel, id));
     }
 
     /// Removes the subscription of `channel`, returning its id.
     fn remove(&mut self, channel: &ChannelName) -> Option<u64> {
         let at = self.0.iter().position(|(c, _)| c == channel)?;
-        // `remove`, not `swap_remove`: the order by id is what `contains_id` searches.
         Some(self.0.remove(at).1)
     }
 
@@ -149,8 +142,6 @@ pub struct Session {
     identity: Identity,
     info: ClientInfo,
     outbox: Arc<Outbox>,
-    /// The outbox's frames while a batch is written; kept so its capacity is reused.
-    batch: VecDeque<(u64, ByteString)>,
     /// Holds this connection's place under `limits.max_connections`.
     _slot: Slot,
     last_heard: Instant,
@@ -187,7 +178,6 @@ impl Session {
                 limits.max_pending_bytes,
                 node.broker.pressure(),
             )),
-            batch: VecDeque::new(),
             bucket: TokenBucket::new(limits.client_publish_rate),
             node,
             client,
@@ -228,11 +218,23 @@ impl Session {
         }
         self.closed_with = Some(code.code());
         self.node.metrics.disconnected(code);
+        // The Close frame is the last thing written: no queued delivery may follow it.
+        self.outbox.close();
         ctx.text(disconnect_frame(code));
-        ctx.close(Some(CloseReason {
-            code: code.code().into(),
-            description: Some(code.reason().to_string()),
-        }));
+        self.close_raw(
+            ctx,
+            Some(CloseReason {
+                code: code.code().into(),
+                description: Some(code.reason().to_string()),
+            }),
+        );
+    }
+
+    /// Closes without a `disconnect` push (RFC 6455 violations, the client's own Close):
+    /// the Close frame, with nothing queued after it.
+    fn close_raw(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: Option<CloseReason>) {
+        self.outbox.close();
+        ctx.close(reason);
         ctx.stop();
     }
 
@@ -290,14 +292,17 @@ impl Session {
             Command::Ping => ctx.text(ServerFrame::Pong { id: id.as_ref() }.to_text()),
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since, ctx),
             Command::Unsubscribe { channel } => {
-                if self.subs.remove(&channel).is_none() {
+                let Some(sub_id) = self.subs.remove(&channel) else {
                     return self.reply_error(
                         ctx,
                         id.as_ref(),
                         ErrorCode::NotSubscribed,
                         "not subscribed to this channel",
                     );
-                }
+                };
+                // Nothing of the channel after `unsubscribed`: queued frames are dropped and
+                // late ones refused.
+                self.outbox.remove_live(sub_id);
                 self.node
                     .broker
                     .unsubscribe(self.client.clone(), channel.clone());
@@ -492,6 +497,7 @@ impl Session {
         let sub_id = self.next_sub;
         self.next_sub += 1;
         self.subs.insert(channel.clone(), sub_id);
+        self.outbox.add_live(sub_id);
         let session = self.session_handle(ctx);
         self.node.broker.subscribe(Subscribe {
             session,
@@ -594,8 +600,7 @@ impl Session {
         let Some(buf) = self.fragment.as_mut() else {
             // A continuation without a first frame: the peer broke RFC 6455.
             log::info!("continuation without a first frame client={}", self.client);
-            ctx.close(Some(ws::CloseCode::Protocol.into()));
-            ctx.stop();
+            self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
             return;
         };
         if buf.len() + bytes.len() > max {
@@ -630,7 +635,6 @@ impl Actor for Session {
             self.identity.user(),
             node.id
         );
-        ctx.add_stream(self.outbox.ready());
         let heartbeat = &node.settings.heartbeat;
         ctx.text(
             ServerFrame::Welcome {
@@ -665,38 +669,6 @@ impl Actor for Session {
     }
 }
 
-/// The broker queued frames in the outbox: write them all.
-impl StreamHandler<FramesWaiting> for Session {
-    fn handle(&mut self, _msg: FramesWaiting, ctx: &mut Self::Context) {
-        let mut batch = std::mem::take(&mut self.batch);
-        self.outbox.take_into(&mut batch);
-        let mut bytes = 0;
-        let write = self.closed_with.is_none() && !self.outbox.is_slow();
-        // Frames of one subscription come in runs: look its liveness up once per run.
-        let mut last: Option<(u64, bool)> = None;
-        for (sub_id, frame) in batch.drain(..) {
-            bytes += frame.len();
-            let live = match last {
-                Some((id, live)) if id == sub_id => live,
-                _ => {
-                    let live = self.subs.contains_id(sub_id);
-                    last = Some((sub_id, live));
-                    live
-                }
-            };
-            // Frames of a subscription already left are dropped here.
-            if write && live {
-                ctx.text(frame);
-            }
-        }
-        self.outbox.release(bytes);
-        self.batch = batch;
-    }
-
-    /// The outbox stream never ends while the session lives; nothing to do.
-    fn finished(&mut self, _ctx: &mut Self::Context) {}
-}
-
 impl Handler<SessionControl> for Session {
     type Result = ();
 
@@ -710,6 +682,7 @@ impl Handler<SessionControl> for Session {
             } => {
                 if self.subs.get(&channel) == Some(sub_id) {
                     self.subs.remove(&channel);
+                    self.outbox.remove_live(sub_id);
                 }
                 if self.closed_with.is_none() {
                     ctx.text(frame);
@@ -728,8 +701,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
         match msg {
             Ok(ws::Message::Text(text)) => {
                 if self.fragment.is_some() {
-                    ctx.close(Some(ws::CloseCode::Protocol.into()));
-                    ctx.stop();
+                    self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
                     return;
                 }
                 self.on_text(&text, ctx);
@@ -740,8 +712,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 log::debug!("client closed client={} reason={reason:?}", self.client);
-                ctx.close(reason);
-                ctx.stop();
+                self.close_raw(ctx, reason);
             }
             Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::MessageTooBig),
             Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
@@ -749,8 +720,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
             }
             Err(e) => {
                 log::info!("protocol error client={}: {e}", self.client);
-                ctx.close(Some(ws::CloseCode::Protocol.into()));
-                ctx.stop();
+                self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
             }
         }
     }
@@ -839,14 +809,50 @@ pub async fn ws_route(
         return refuse(503, "unavailable", "limits.max_connections reached");
     };
     let max = node.settings.limits.max_message_size;
+    let mut response = match ws::handshake_with_protocols(&req, &[SUBPROTOCOL]) {
+        Ok(r) => r,
+        Err(e) => return json_error(400, "bad_request", &format!("not a WebSocket upgrade: {e}")),
+    };
     let session = Session::new(node.clone(), identity, slot);
-    match ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(max)
-        .protocols(&[SUBPROTOCOL])
-        .start()
-    {
-        Ok(resp) => resp,
-        Err(e) => json_error(400, "bad_request", &format!("not a WebSocket upgrade: {e}")),
+    let outbox = session.outbox.clone();
+    let codec = actix_http::ws::Codec::new().max_size(max);
+    let actor = ws::WebsocketContext::with_codec(session, stream, codec);
+    response.streaming(SessionBody {
+        actor,
+        outbox,
+        spare: VecDeque::new(),
+    })
+}
+
+/// The response body of a WebSocket: what the session actor writes (replies, pings, the
+/// Close frame), and between those the deliveries waiting in its [`Outbox`], already framed,
+/// copied into the connection in one chunk per batch without waking the actor. The actor's
+/// output goes first within a poll, and once it has closed nothing from the outbox follows.
+struct SessionBody<S> {
+    actor: S,
+    outbox: Arc<Outbox>,
+    spare: VecDeque<(u64, WsFrame)>,
+}
+
+impl<S> futures_util::Stream for SessionBody<S>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> + Unpin,
+{
+    type Item = Result<bytes::Bytes, actix_web::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.actor).poll_next(cx) {
+            Poll::Pending => {}
+            done_or_bytes => return done_or_bytes,
+        }
+        this.outbox
+            .poll_drain(&mut this.spare, cx)
+            .map(|chunk| Some(Ok(chunk)))
     }
 }
 
@@ -871,8 +877,6 @@ mod tests {
         assert_eq!(subs.get(&ch("b")), Some(6));
         assert!(subs.contains_channel(&ch("e")));
         assert!(!subs.contains_channel(&ch("x")));
-        assert!(!subs.contains_id(2));
-        assert!((1..=6).filter(|&i| i != 2).all(|i| subs.contains_id(i)));
         let left: Vec<String> = subs.drain_channels().map(|c| c.to_string()).collect();
         assert_eq!(left, ["a", "c", "d", "e", "b"]);
         assert_eq!(subs.len(), 0);
