@@ -2,8 +2,11 @@
 //! the order the contract gives) and the session actor that follows it. The session parses
 //! frames, enforces the per-connection limits (message size, subscriptions, publish rate,
 //! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
-//! subscriptions, and writes frames out. It talks to the broker (subscriptions), the engine
-//! trait (publish, history, presence) and the registry; it never talks to Redis.
+//! subscriptions, and writes its replies. Deliveries do not pass through the actor: the
+//! broker queues them, already framed, in the session's outbox, and the connection's
+//! response body ([`SessionBody`]) copies them out between the actor's own frames. It talks
+//! to the broker (subscriptions), the engine trait (publish, history, presence) and the
+//! registry; it never talks to Redis.
 //!
 //! This is the only module that knows actix-web-actors (deprecated upstream in favour of
 //! actix-ws), so moving off it touches one file.
