@@ -4,7 +4,7 @@
 //! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
 //! subscriptions, and writes its replies. Deliveries do not pass through the actor: the
 //! broker queues them, already framed, in the session's outbox, and the connection's
-//! response body ([`SessionBody`]) copies them out between the actor's own frames. It talks
+//! response body (`SessionBody`) copies them out between the actor's own frames. It talks
 //! to the broker (subscriptions), the engine trait (publish, history, presence) and the
 //! registry; it never talks to Redis.
 //!

@@ -131,7 +131,7 @@ enum Flow {
 
 #[derive(Args, Clone)]
 struct TargetArgs {
-    /// WebSocket URL of the server; loopback only (ws://127.0.0.1:PORT/ws, ws://[::1]:PORT/).
+    /// WebSocket URL of the server; loopback only (`ws://127.0.0.1:PORT/ws`, `ws://[::1]:PORT/`).
     #[arg(long)]
     url: String,
     /// Wire protocol to speak.
