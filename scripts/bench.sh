@@ -428,18 +428,19 @@ EOF
 ### Where the time goes
 
 Profiles of the server pinned to one core under the fan-out load (\`perf record -e cpu-clock\`
-on the server's PID while \`switchboard-bench fanout\` runs; these shares come from a profiling
-session on 2026-11-24, not from the run above):
+on the server's PID while \`switchboard-bench fanout\` runs, and \`perf stat -e
+'syscalls:sys_enter_*'\` for the write counts; these come from a profiling session on
+2026-11-24, not from the run above):
 
-- 100 subscribers, 64 B: the kernel's TCP send path (\`sendto\` on loopback, which also runs the
-  receiver's side) takes about 55% of the server's time; WebSocket framing and the session
-  actors' polling about 20%; the broker's fan-out (outbox queue, reference counts) about 15%.
-  Writes are already batched (about 100 frames per \`sendto\`), so the kernel's share follows the
-  bytes: a 64-byte publication is a frame of about 200 bytes here
-  (\`{"type":"message","channel",…,"offset",…,"data",…,"info":{"client","user"}}\`, the
-  publisher's \`info\` being part of the contract), against about 90 bytes for NATS's
-  \`MSG subject sid 64\` line. At 1024-byte payloads the framing no longer dominates and
-  Switchboard delivers more than twice NATS's messages per second.
+- 100 subscribers, 64 B: the kernel takes about 70% of the server's time, nearly all of it
+  the TCP send path on loopback (which also runs the receiving side: socket buffers, wake-ups
+  of the reader); copying the bytes is under 2%, so the cost follows the number of writes
+  more than their size. Switchboard wrote about 39 frames per \`sendto\`, nats-server about 60
+  per \`writev\` under the same load: that is where the two differ at this size, and why the
+  ratio sits near 1.0× (run-to-run noise on these machines is about ±10%). In
+  user space: the broker's fan-out (outbox queue, reference counts) about 15%; deliveries are
+  framed once per publication and copied to the socket without passing through the session
+  actor.
 - 1000 subscribers on 1000 channels: one \`sendto\` per delivery, about 55% in the kernel.
 
 ## Problems seen in this run
