@@ -177,7 +177,7 @@ impl Outbox {
             });
             dropped
         };
-        self.release(dropped);
+        self.uncount(dropped);
     }
 
     /// The session wrote its Close frame: drops what is queued and refuses the rest.
@@ -187,7 +187,7 @@ impl Outbox {
             q.closed = true;
             q.frames.drain(..).map(|(_, f)| f.len()).sum()
         };
-        self.release(dropped);
+        self.uncount(dropped);
     }
 
     /// For the session's response body: everything queued, as one chunk ready to write
@@ -217,11 +217,12 @@ impl Outbox {
             }
         }
         spare.clear();
-        self.release(total);
         if chunk.is_empty() {
+            self.uncount(total);
             // Dropped (slow or closed): nothing to write, and nothing more will come.
             return Poll::Pending;
         }
+        self.release(total);
         Poll::Ready(chunk.freeze())
     }
 
@@ -244,10 +245,15 @@ impl Outbox {
         self.raised_to(before + n);
     }
 
-    /// The session wrote (or dropped) `n` bytes it had been handed.
+    /// `n` bytes handed to the session were written out: also a sign that the client reads.
     pub fn release(&self, n: usize) {
-        let after = self.pending.fetch_sub(n, Ordering::AcqRel) - n;
         self.last_write_ms.store(now_ms(), Ordering::Release);
+        self.uncount(n);
+    }
+
+    /// Uncounts `n` bytes that were dropped, not written: no sign that the client reads.
+    fn uncount(&self, n: usize) {
+        let after = self.pending.fetch_sub(n, Ordering::AcqRel) - n;
         if self.behind.load(Ordering::Acquire) {
             if after <= self.limit / 2 && self.behind.swap(false, Ordering::AcqRel) {
                 self.pressure.behind.fetch_sub(1, Ordering::AcqRel);
@@ -327,7 +333,7 @@ impl SessionHandle {
     fn enqueue(&self, sub_id: u64, frame: WsFrame) {
         let len = frame.len();
         if !self.outbox.push(sub_id, frame) {
-            self.outbox.release(len);
+            self.outbox.uncount(len);
         }
     }
 
@@ -1203,7 +1209,7 @@ mod tests {
         let len = f.len();
         let taken = a.push(sub_id, f);
         if !taken {
-            a.release(len);
+            a.uncount(len);
         }
         taken
     }
