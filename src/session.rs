@@ -31,10 +31,9 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
-use crate::protocol::WsFrame;
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
-    Request, ServerFrame, StreamPosition, SUBPROTOCOL,
+    Request, ServerFrame, StreamPosition, WsFrame, SUBPROTOCOL,
 };
 use crate::registry::Slot;
 
