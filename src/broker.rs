@@ -75,12 +75,51 @@ pub const MAX_STALL: Duration = Duration::from_millis(50);
 /// it (it is cut at the limit instead).
 const STUCK_MS: u64 = 100;
 
+/// A session's subscriptions: (channel, subscription id) pairs in one small vector, in the
+/// order they were made, which is id order (a session's ids only grow): the per-frame
+/// check in [`Outbox::push`] is a binary search, lookups by channel scan (only commands do
+/// them). Two hash maps would cost about a hundred bytes more per idle connection for a set
+/// bounded by `limits.max_subscriptions_per_connection` and usually a handful long.
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<(ChannelName, u64)>);
+
+impl Subscriptions {
+    fn get(&self, channel: &ChannelName) -> Option<u64> {
+        self.0.iter().find(|(c, _)| c == channel).map(|&(_, id)| id)
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.0.binary_search_by_key(&id, |&(_, i)| i).is_ok()
+    }
+
+    fn insert(&mut self, channel: ChannelName, id: u64) {
+        // Grown exactly (1, 2, 4, ...) rather than to Vec's minimum of four: most
+        // connections hold one or two subscriptions.
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(self.0.len().max(1));
+        }
+        let at = self.0.partition_point(|&(_, i)| i < id);
+        self.0.insert(at, (channel, id));
+    }
+
+    /// Removes the subscription of `channel` (only if its id is `only`, when given).
+    fn remove(&mut self, channel: &ChannelName, only: Option<u64>) -> Option<u64> {
+        let at = self
+            .0
+            .iter()
+            .position(|(c, id)| c == channel && only.is_none_or(|o| o == *id))?;
+        // `remove`, not `swap_remove`: `is_current` relies on the id order.
+        Some(self.0.remove(at).1)
+    }
+}
+
 /// What the outbox's lock guards.
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<(u64, WsFrame)>,
-    /// Current subscription ids, ascending (the session's ids only grow).
-    live: Vec<u64>,
+    /// The session's current subscriptions: the one record of them, for the session's
+    /// commands and for refusing frames of a subscription already left.
+    subs: Subscriptions,
     /// The session wrote its Close frame: nothing more may follow it.
     closed: bool,
 }
@@ -139,7 +178,7 @@ impl Outbox {
     fn push(&self, sub_id: u64, frame: WsFrame) -> bool {
         let was_empty = {
             let mut q = self.queue.lock();
-            if q.closed || q.live.binary_search(&sub_id).is_err() {
+            if q.closed || !q.subs.is_current(sub_id) {
                 return false;
             }
             q.frames.push_back((sub_id, frame));
@@ -151,22 +190,29 @@ impl Outbox {
         true
     }
 
-    /// A new subscription of the session: its frames are accepted from now on.
-    pub fn add_live(&self, sub_id: u64) {
-        let mut q = self.queue.lock();
-        if let Err(at) = q.live.binary_search(&sub_id) {
-            q.live.insert(at, sub_id);
-        }
+    /// The session's current subscription id for `channel`.
+    pub fn subscription(&self, channel: &ChannelName) -> Option<u64> {
+        self.queue.lock().subs.get(channel)
     }
 
-    /// A subscription left or failed: its frames are refused from now on, and those queued
-    /// are dropped.
-    pub fn remove_live(&self, sub_id: u64) {
-        let dropped = {
+    /// How many subscriptions the session holds.
+    pub fn subscription_count(&self) -> usize {
+        self.queue.lock().subs.0.len()
+    }
+
+    /// A new subscription of the session (ids only grow): its frames are accepted from now
+    /// on.
+    pub fn subscribe(&self, channel: ChannelName, sub_id: u64) {
+        self.queue.lock().subs.insert(channel, sub_id);
+    }
+
+    /// Ends the subscription of `channel` (only if its id is `only`, when given: a failure
+    /// reported for a subscription since replaced changes nothing) and returns its id. Its
+    /// frames are refused from now on, and those queued are dropped.
+    pub fn unsubscribe(&self, channel: &ChannelName, only: Option<u64>) -> Option<u64> {
+        let (sub_id, dropped) = {
             let mut q = self.queue.lock();
-            if let Ok(at) = q.live.binary_search(&sub_id) {
-                q.live.remove(at);
-            }
+            let sub_id = q.subs.remove(channel, only)?;
             let mut dropped = 0;
             q.frames.retain(|(id, f)| {
                 let keep = *id != sub_id;
@@ -175,9 +221,16 @@ impl Outbox {
                 }
                 keep
             });
-            dropped
+            (sub_id, dropped)
         };
         self.uncount(dropped);
+        Some(sub_id)
+    }
+
+    /// Empties the subscription set as the session ends, yielding its channels.
+    pub fn take_subscriptions(&self) -> Vec<ChannelName> {
+        let subs = std::mem::take(&mut self.queue.lock().subs);
+        subs.0.into_iter().map(|(c, _)| c).collect()
     }
 
     /// The session wrote its Close frame: drops what is queued and refuses the rest.
@@ -1198,6 +1251,38 @@ impl Broker {
 mod tests {
     use super::*;
 
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn subscriptions_look_up_by_channel_and_by_id_after_removals() {
+        let a = Outbox::new(1000, Arc::default());
+        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            a.subscribe(ch(name), i as u64 + 1);
+        }
+        assert_eq!(a.unsubscribe(&ch("b"), None), Some(2));
+        assert_eq!(a.unsubscribe(&ch("b"), None), None);
+        a.subscribe(ch("b"), 6);
+        // A failure reported for a subscription since replaced changes nothing.
+        assert_eq!(a.unsubscribe(&ch("b"), Some(2)), None);
+        assert_eq!(a.subscription_count(), 5);
+        assert_eq!(a.subscription(&ch("b")), Some(6));
+        assert_eq!(a.subscription(&ch("x")), None);
+        {
+            let q = a.queue.lock();
+            assert!(!q.subs.is_current(2));
+            assert!((1..=6).filter(|&i| i != 2).all(|i| q.subs.is_current(i)));
+        }
+        let left: Vec<String> = a
+            .take_subscriptions()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(left, ["a", "c", "d", "e", "b"]);
+        assert_eq!(a.subscription_count(), 0);
+    }
+
     fn frame(n: usize) -> WsFrame {
         WsFrame::text(&"x".repeat(n))
     }
@@ -1227,13 +1312,13 @@ mod tests {
     fn outbox_takes_live_subscriptions_only_and_drains_in_one_chunk() {
         let a = Outbox::new(1000, Arc::default());
         assert!(!queue(&a, 1, "early"), "not subscribed yet");
-        a.add_live(1);
-        a.add_live(2);
+        a.subscribe(ch("one"), 1);
+        a.subscribe(ch("two"), 2);
         assert!(queue(&a, 1, "one"));
         assert!(queue(&a, 2, "two"));
         assert!(queue(&a, 1, "three"));
         // Leaving 2 drops what was queued for it and refuses more.
-        a.remove_live(2);
+        assert_eq!(a.unsubscribe(&ch("two"), None), Some(2));
         assert!(!queue(&a, 2, "late"));
         let mut expected = Vec::new();
         expected.extend_from_slice(WsFrame::text("one").bytes());
@@ -1246,7 +1331,7 @@ mod tests {
     #[test]
     fn a_closed_outbox_drops_and_refuses_everything() {
         let a = Outbox::new(1000, Arc::default());
-        a.add_live(1);
+        a.subscribe(ch("one"), 1);
         assert!(queue(&a, 1, "before close"));
         a.close();
         assert_eq!(a.pending(), 0);
@@ -1260,7 +1345,7 @@ mod tests {
         let pressure = Arc::new(Pressure::default());
         let a = Outbox::new(100, pressure.clone());
         // Exactly half is not behind; one byte more is.
-        a.add_live(1);
+        a.subscribe(ch("one"), 1);
         assert!(a.try_reserve(50));
         assert!(a.push(1, frame(10)));
         assert_eq!(pressure.behind.load(Ordering::Acquire), 0);

@@ -91,52 +91,6 @@ struct PendingPublish {
     ns: NamespaceOptions,
 }
 
-/// A session's subscriptions: (channel, subscription id) pairs in one small vector, in the
-/// order they were made. Two hash maps (channel → id and id → channel) cost about a hundred
-/// bytes per idle connection and a table allocation each once used, for a set bounded by
-/// `limits.max_subscriptions_per_connection` and usually a handful long.
-///
-/// Lookups scan, but only commands do them; which ids are current for frames is the
-/// outbox's business ([`Outbox::add_live`]).
-#[derive(Default)]
-struct Subscriptions(Vec<(ChannelName, u64)>);
-
-impl Subscriptions {
-    /// The subscription id of `channel`.
-    fn get(&self, channel: &ChannelName) -> Option<u64> {
-        self.0.iter().find(|(c, _)| c == channel).map(|&(_, id)| id)
-    }
-
-    fn contains_channel(&self, channel: &ChannelName) -> bool {
-        self.get(channel).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Adds a subscription.
-    fn insert(&mut self, channel: ChannelName, id: u64) {
-        // Grown exactly (1, 2, 4, ...) rather than to Vec's minimum of four: most
-        // connections hold one or two subscriptions.
-        if self.0.len() == self.0.capacity() {
-            self.0.reserve_exact(self.0.len().max(1));
-        }
-        self.0.push((channel, id));
-    }
-
-    /// Removes the subscription of `channel`, returning its id.
-    fn remove(&mut self, channel: &ChannelName) -> Option<u64> {
-        let at = self.0.iter().position(|(c, _)| c == channel)?;
-        Some(self.0.remove(at).1)
-    }
-
-    /// Empties the set, yielding its channels.
-    fn drain_channels(&mut self) -> impl Iterator<Item = ChannelName> + '_ {
-        self.0.drain(..).map(|(c, _)| c)
-    }
-}
-
 /// The session actor.
 pub struct Session {
     node: web::Data<Node>,
@@ -147,9 +101,6 @@ pub struct Session {
     /// Holds this connection's place under `limits.max_connections`.
     _slot: Slot,
     last_heard: Instant,
-    /// Channel ↔ current subscription id; frames of subscriptions no longer in it (left
-    /// or failed) are dropped.
-    subs: Subscriptions,
     next_sub: u64,
     /// Malformed commands in a row.
     errors: u32,
@@ -187,7 +138,6 @@ impl Session {
             info,
             _slot: slot,
             last_heard: Instant::now(),
-            subs: Subscriptions::default(),
             next_sub: 1,
             errors: 0,
             publishes: VecDeque::new(),
@@ -294,17 +244,16 @@ impl Session {
             Command::Ping => ctx.text(ServerFrame::Pong { id: id.as_ref() }.to_text()),
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since, ctx),
             Command::Unsubscribe { channel } => {
-                let Some(sub_id) = self.subs.remove(&channel) else {
+                // Nothing of the channel after `unsubscribed`: the outbox drops what it
+                // queued for it and refuses late frames.
+                if self.outbox.unsubscribe(&channel, None).is_none() {
                     return self.reply_error(
                         ctx,
                         id.as_ref(),
                         ErrorCode::NotSubscribed,
                         "not subscribed to this channel",
                     );
-                };
-                // Nothing of the channel after `unsubscribed`: queued frames are dropped and
-                // late ones refused.
-                self.outbox.remove_live(sub_id);
+                }
                 self.node
                     .broker
                     .unsubscribe(self.client.clone(), channel.clone());
@@ -480,7 +429,7 @@ impl Session {
                 "subscribing to this channel is not allowed",
             );
         }
-        if self.subs.contains_channel(&channel) {
+        if self.outbox.subscription(&channel).is_some() {
             return self.reply_error(
                 ctx,
                 id.as_ref(),
@@ -488,7 +437,9 @@ impl Session {
                 "already subscribed to this channel",
             );
         }
-        if self.subs.len() >= self.node.settings.limits.max_subscriptions_per_connection {
+        if self.outbox.subscription_count()
+            >= self.node.settings.limits.max_subscriptions_per_connection
+        {
             return self.reply_error(
                 ctx,
                 id.as_ref(),
@@ -498,8 +449,7 @@ impl Session {
         }
         let sub_id = self.next_sub;
         self.next_sub += 1;
-        self.subs.insert(channel.clone(), sub_id);
-        self.outbox.add_live(sub_id);
+        self.outbox.subscribe(channel.clone(), sub_id);
         let session = self.session_handle(ctx);
         self.node.broker.subscribe(Subscribe {
             session,
@@ -661,7 +611,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let node = &self.node;
-        node.broker.leave(&self.client, self.subs.drain_channels());
+        node.broker
+            .leave(&self.client, self.outbox.take_subscriptions());
         node.registry.unregister(&self.client);
         node.metrics.connections.dec();
         match self.closed_with {
@@ -682,10 +633,7 @@ impl Handler<SessionControl> for Session {
                 channel,
                 frame,
             } => {
-                if self.subs.get(&channel) == Some(sub_id) {
-                    self.subs.remove(&channel);
-                    self.outbox.remove_live(sub_id);
-                }
+                self.outbox.unsubscribe(&channel, Some(sub_id));
                 if self.closed_with.is_none() {
                     ctx.text(frame);
                 }
@@ -855,32 +803,5 @@ where
         this.outbox
             .poll_drain(&mut this.spare, cx)
             .map(|chunk| Some(Ok(chunk)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ch(name: &str) -> ChannelName {
-        ChannelName::parse(name).unwrap()
-    }
-
-    #[test]
-    fn subscriptions_look_up_by_channel_and_by_id_after_removals() {
-        let mut subs = Subscriptions::default();
-        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
-            subs.insert(ch(name), i as u64 + 1);
-        }
-        assert_eq!(subs.remove(&ch("b")), Some(2));
-        assert_eq!(subs.remove(&ch("b")), None);
-        subs.insert(ch("b"), 6);
-        assert_eq!(subs.len(), 5);
-        assert_eq!(subs.get(&ch("b")), Some(6));
-        assert!(subs.contains_channel(&ch("e")));
-        assert!(!subs.contains_channel(&ch("x")));
-        let left: Vec<String> = subs.drain_channels().map(|c| c.to_string()).collect();
-        assert_eq!(left, ["a", "c", "d", "e", "b"]);
-        assert_eq!(subs.len(), 0);
     }
 }
