@@ -21,6 +21,16 @@ fn node(redis: &Redis, prefix: &str, name: &str) -> Server {
     ])
 }
 
+/// Nodes "a" and "b" on one fresh prefix of `redis`, both ready.
+async fn two_ready_nodes(redis: &Redis) -> (Server, Server) {
+    let prefix = unique_prefix();
+    let a = node(redis, &prefix, "a");
+    let b = node(redis, &prefix, "b");
+    ready(&a).await;
+    ready(&b).await;
+    (a, b)
+}
+
 async fn ready(s: &Server) {
     eventually("node ready", || async {
         (s.http("GET", "/readyz", &[], None).await.0 == 200).then_some(())
@@ -114,11 +124,7 @@ async fn every_node_sees_one_order_and_one_set_of_offsets() {
 #[tokio::test]
 async fn a_killed_node_s_subscriber_recovers_on_another_node() {
     let redis = Redis::start();
-    let prefix = unique_prefix();
-    let a = node(&redis, &prefix, "a");
-    let b = node(&redis, &prefix, "b");
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_ready_nodes(&redis).await;
     let mut sub = a.client().await;
     let r = sub.subscribe("feed").await;
     let epoch = r["epoch"].as_str().unwrap().to_string();
@@ -160,11 +166,7 @@ async fn a_killed_node_s_subscriber_recovers_on_another_node() {
 #[tokio::test]
 async fn redis_outage_mid_traffic() {
     let mut redis = Redis::start();
-    let prefix = unique_prefix();
-    let a = node(&redis, &prefix, "a");
-    let b = node(&redis, &prefix, "b");
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_ready_nodes(&redis).await;
     let mut sub = a.client().await;
     let first = sub.subscribe("live").await;
     let old_epoch = first["epoch"].as_str().unwrap().to_string();
@@ -441,11 +443,7 @@ async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
 #[tokio::test]
 async fn quick_unsubscribe_resubscribe_keeps_the_node_subscribed() {
     let redis = Redis::start();
-    let prefix = unique_prefix();
-    let a = node(&redis, &prefix, "a");
-    let b = node(&redis, &prefix, "b");
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_ready_nodes(&redis).await;
     let mut c = a.client().await;
     // Back-to-back subscribe/unsubscribe without waiting: the node's own Redis subscription
     // must end up present, whatever order the engine calls would have raced in.

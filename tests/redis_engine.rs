@@ -692,20 +692,7 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
     // Offsets 2 and 3 are assigned and stored but their pub/sub messages are lost.
     let mut con = redis.con().await;
     for i in 2..=3 {
-        let _: redis::Value = redis::cmd("FCALL")
-            .arg("switchboard_v1_publish")
-            .arg(2)
-            .arg(format!("{p}:meta:{{chat:gap}}"))
-            .arg(format!("{p}:history:{{chat:gap}}"))
-            .arg("unused")
-            .arg(format!(r#"{{"data":{i}}}"#))
-            .arg(10)
-            .arg(60_000)
-            .arg(120_000)
-            .arg("nowhere")
-            .query_async(&mut con)
-            .await
-            .expect("silent publish");
+        raw_publish(&mut con, &p, "chat:gap", i, "nowhere").await;
     }
     a.publish(&c, data(serde_json::json!(4)), None, &ns(10))
         .await
@@ -962,20 +949,7 @@ async fn reconnect_catches_up_from_history() {
         .await
         .expect("client kill");
     for i in 2..=4 {
-        let _: redis::Value = redis::cmd("FCALL")
-            .arg("switchboard_v1_publish")
-            .arg(2)
-            .arg(format!("{p}:meta:{{catchup}}"))
-            .arg(format!("{p}:history:{{catchup}}"))
-            .arg("unused")
-            .arg(format!(r#"{{"data":{i}}}"#))
-            .arg(10)
-            .arg(60_000)
-            .arg(120_000)
-            .arg(format!("{p}:ch:{{catchup}}"))
-            .query_async(&mut con)
-            .await
-            .expect("publish while the node is away");
+        raw_publish(&mut con, &p, "catchup", i, &format!("{p}:ch:{{catchup}}")).await;
     }
     wait_for("caught up", || rec.of("catchup").len() == 4).await;
     let got = rec.of("catchup");
@@ -985,4 +959,29 @@ async fn reconnect_catches_up_from_history() {
     );
     assert_eq!(got[3].frame["data"], 4);
     wait_for("ready", || b.is_ready()).await;
+}
+
+/// Publishes `{"data":i}` to `channel` by calling the server-side function directly, as a
+/// node would, with the pub/sub notice sent to `notify` ("nowhere": nobody hears it).
+async fn raw_publish(
+    con: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    channel: &str,
+    i: u64,
+    notify: &str,
+) {
+    let _: redis::Value = redis::cmd("FCALL")
+        .arg("switchboard_v1_publish")
+        .arg(2)
+        .arg(format!("{prefix}:meta:{{{channel}}}"))
+        .arg(format!("{prefix}:history:{{{channel}}}"))
+        .arg("unused")
+        .arg(format!(r#"{{"data":{i}}}"#))
+        .arg(10)
+        .arg(60_000)
+        .arg(120_000)
+        .arg(notify)
+        .query_async(con)
+        .await
+        .expect("raw publish");
 }

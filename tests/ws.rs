@@ -461,13 +461,7 @@ async fn history_and_recovery() {
     let r = late
         .call(json!({"type":"subscribe","channel":"h","since":{"offset":1,"epoch":epoch}}))
         .await;
-    assert_eq!(
-        (
-            r["recovered"].as_bool(),
-            r["publications"].as_array().map(Vec::len)
-        ),
-        (Some(false), Some(0))
-    );
+    assert_eq!(recovery(&r), (Some(false), Some(0)));
     let r = late
         .call(json!({"type":"subscribe","channel":"h2","since":{"offset":0,"epoch":"other"}}))
         .await;
@@ -477,13 +471,7 @@ async fn history_and_recovery() {
     let r = cur
         .call(json!({"type":"subscribe","channel":"h","since":{"offset":7,"epoch":epoch}}))
         .await;
-    assert_eq!(
-        (
-            r["recovered"].as_bool(),
-            r["publications"].as_array().map(Vec::len)
-        ),
-        (Some(true), Some(0))
-    );
+    assert_eq!(recovery(&r), (Some(true), Some(0)));
     // history: newest `limit`, oldest first; with since; default limit is history_size.
     let r = p
         .call(json!({"type":"history","id":2,"channel":"h","limit":2}))
@@ -855,4 +843,12 @@ async fn wss_with_tls_certificate() {
     assert!(welcome.to_text().unwrap().contains(r#""type":"welcome""#));
     // A plain ws:// client cannot talk to the TLS listener.
     assert!(Client::try_connect(&s.ws_url(), &[]).await.is_err());
+}
+
+/// A `subscribed` reply's recovery outcome: `recovered` and how many publications came.
+fn recovery(r: &Value) -> (Option<bool>, Option<usize>) {
+    (
+        r["recovered"].as_bool(),
+        r["publications"].as_array().map(Vec::len),
+    )
 }

@@ -1144,6 +1144,26 @@ async fn run_subscriber(
     }
 }
 
+/// Waits until `n` connections reported their set-up (or every sender is gone): how many
+/// are ready, how many failed, and the first failure.
+async fn count_ready(
+    rx: &mut mpsc::UnboundedReceiver<Result<(), String>>,
+    n: usize,
+) -> (usize, usize, Option<String>) {
+    let (mut ready, mut failed, mut first_error) = (0, 0, None);
+    while ready + failed < n {
+        match rx.recv().await {
+            Some(Ok(())) => ready += 1,
+            Some(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    (ready, failed, first_error)
+}
+
 struct PubResult {
     sent: u64,
     published: u64,
@@ -1549,19 +1569,7 @@ async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<bool
         }));
     }
     drop(ready_tx);
-    let mut ready = 0;
-    let mut failed = 0;
-    let mut first_error = None;
-    while ready + failed < args.subscribers {
-        match ready_rx.recv().await {
-            Some(Ok(())) => ready += 1,
-            Some(Err(e)) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-            None => break,
-        }
-    }
+    let (ready, failed, first_error) = count_ready(&mut ready_rx, args.subscribers).await;
     if failed > 0 || ready < args.subscribers {
         let _ = stop_tx.send(true);
         return Err(format!(
@@ -1851,19 +1859,7 @@ async fn idle_inner(args: IdleArgs, ep: Endpoint) -> Res<bool> {
     }
     drop(ready_tx);
     drop(end_tx);
-    let mut ready = 0usize;
-    let mut failed = 0usize;
-    let mut first_error = None;
-    while ready + failed < n {
-        match ready_rx.recv().await {
-            Some(Ok(())) => ready += 1,
-            Some(Err(e)) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-            None => break,
-        }
-    }
+    let (ready, failed, first_error) = count_ready(&mut ready_rx, n).await;
     let connect_s = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let server_after = sample_server(args.target.server_pid)?;

@@ -260,6 +260,19 @@ struct Track {
     pending: Vec<Incoming>,
 }
 
+/// The channel's track if it is still the subscription a background read (gap fill,
+/// catch-up, new epoch) started for: a read that raced an unsubscribe and resubscribe must
+/// not touch the newer subscription.
+fn same_subscription<'a>(
+    tracks: &'a mut HashMap<Arc<str>, Track>,
+    channel: &str,
+    generation: u64,
+) -> Option<&'a mut Track> {
+    tracks
+        .get_mut(channel)
+        .filter(|t| t.generation == generation)
+}
+
 /// Sent to the reader task by `subscribe_node`.
 enum Event {
     Baseline {
@@ -836,12 +849,9 @@ impl Inner {
         let to = inc.offset.saturating_sub(1);
         let fill = self.range(channel, from, to).await;
         let mut tracks = self.tracks.lock();
-        let Some(track) = tracks.get_mut(channel) else {
+        let Some(track) = same_subscription(&mut tracks, channel, generation) else {
             return;
         };
-        if track.generation != generation {
-            return;
-        }
         let mut next = from;
         match fill {
             Ok((_, epoch, entries)) if *epoch == *inc.epoch => {
@@ -896,12 +906,9 @@ impl Inner {
         }
         let epoch: Arc<str> = Arc::from(epoch);
         let mut tracks = self.tracks.lock();
-        let Some(track) = tracks.get_mut(channel) else {
+        let Some(track) = same_subscription(&mut tracks, channel, generation) else {
             return;
         };
-        if track.generation != generation {
-            return;
-        }
         let current = track.last.clone().unwrap_or(last);
         let mut next = if current.epoch.as_deref() == Some(&*epoch) {
             current.offset.saturating_add(1)
@@ -958,12 +965,9 @@ impl Inner {
         let epoch: Arc<str> = Arc::from(epoch);
         let name = {
             let mut tracks = self.tracks.lock();
-            let Some(track) = tracks.get_mut(channel) else {
+            let Some(track) = same_subscription(&mut tracks, channel, generation) else {
                 return;
             };
-            if track.generation != generation {
-                return;
-            }
             let current = track.last.clone().unwrap_or(last);
             if current.epoch.as_deref() == Some(&*epoch) {
                 return;
