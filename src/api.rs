@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -18,47 +18,7 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
-use crate::protocol::StreamPosition;
-
-/// A JSON error response: `{"error":{"code","message"}}`.
-pub fn json_error(status: u16, code: &str, message: &str) -> HttpResponse {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(json!({"error": {"code": code, "message": message}}))
-}
-
-/// An API failure, rendered as [`json_error`].
-#[derive(Debug)]
-pub struct ApiError {
-    status: u16,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: u16, code: &'static str, message: &str) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl actix_web::ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        json_error(self.status, self.code, &self.message)
-    }
-}
+use crate::protocol::{ApiError, ErrorCode, StreamPosition};
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
@@ -76,7 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/history/{channel}", web::get().to(history))
                 .route("/disconnect", web::post().to(disconnect))
                 .default_service(web::to(|| async {
-                    json_error(404, "not_found", "no such API call")
+                    ApiError::new(ErrorCode::NotFound, "no such API call").error_response()
                 })),
         );
 }
@@ -89,13 +49,13 @@ async fn readyz(node: web::Data<Node>) -> HttpResponse {
     if node.is_ready() {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else if node.is_draining() {
-        json_error(503, "unavailable", "the node is draining")
+        ApiError::new(ErrorCode::Unavailable, "the node is draining").error_response()
     } else {
-        json_error(
-            503,
-            "unavailable",
+        ApiError::new(
+            ErrorCode::Unavailable,
             "the engine is not connected or not migrated",
         )
+        .error_response()
     }
 }
 
@@ -110,8 +70,7 @@ fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
     let keys = &node.settings.api.keys;
     if keys.is_empty() {
         return Err(ApiError::new(
-            401,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "the HTTP API is disabled: api.keys is empty",
         ));
     }
@@ -123,7 +82,10 @@ fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("apikey"))
         .map(|(_, key)| key.trim().as_bytes())
         .ok_or_else(|| {
-            ApiError::new(401, "unauthorized", "missing `Authorization: apikey <key>`")
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing `Authorization: apikey <key>`",
+            )
         })?;
     // Every key is compared, so the time taken does not say which one (if any) matched.
     let matched = keys
@@ -132,7 +94,7 @@ fn authorize(req: &HttpRequest, node: &Node) -> Result<(), ApiError> {
     if matched == 1 {
         Ok(())
     } else {
-        Err(ApiError::new(401, "unauthorized", "unknown API key"))
+        Err(ApiError::new(ErrorCode::Unauthorized, "unknown API key"))
     }
 }
 
@@ -145,8 +107,7 @@ async fn read_body(
     let max = node.settings.limits.max_message_size;
     let too_big = || {
         ApiError::new(
-            413,
-            "too_large",
+            ErrorCode::TooLarge,
             "body is larger than limits.max_message_size",
         )
     };
@@ -160,8 +121,8 @@ async fn read_body(
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::new(400, "bad_request", &format!("reading body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("reading body: {e}")))?;
         if body.len() + chunk.len() > max {
             return Err(too_big());
         }
@@ -172,18 +133,17 @@ async fn read_body(
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(400, "bad_request", &format!("invalid body: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
 }
 
 fn channel(name: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name).map_err(|e| ApiError::new(400, "invalid_channel", &e.to_string()))
+    ChannelName::parse(name).map_err(|e| ApiError::new(ErrorCode::InvalidChannel, e.to_string()))
 }
 
 fn unavailable(e: EngineError) -> ApiError {
     log::warn!("api engine error: {e}");
     ApiError::new(
-        503,
-        "unavailable",
+        ErrorCode::Unavailable,
         "the engine cannot take this call now; nothing was published",
     )
 }
@@ -226,7 +186,7 @@ async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node
     let body = read_body(&req, payload, &node).await?;
     let b: BroadcastBody = parse_json(&body)?;
     if b.channels.is_empty() {
-        return Err(ApiError::new(400, "bad_request", "`channels` is empty"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "`channels` is empty"));
     }
     // Validate every name first, so a bad one publishes nothing.
     let chans = b
@@ -246,9 +206,8 @@ async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node
             .map_err(|e| {
                 log::warn!("broadcast failed at channel={ch}: {e}");
                 ApiError::new(
-                    503,
-                    "unavailable",
-                    &format!("the engine failed at channel {ch}: the first {done} channels were published, the rest were not"),
+                    ErrorCode::Unavailable,
+                    format!("the engine failed at channel {ch}: the first {done} channels were published, the rest were not"),
                 )
             })?;
         node.metrics.publications.inc();
@@ -273,8 +232,7 @@ async fn presence(req: HttpRequest, path: web::Path<String>, node: web::Data<Nod
     let ch = channel(&path)?;
     if !namespace(&node, &ch).presence {
         return Err(ApiError::new(
-            404,
-            "not_available",
+            ErrorCode::NotAvailable,
             "presence is off in this namespace",
         ));
     }
@@ -294,13 +252,12 @@ async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node
     authorize(&req, &node)?;
     let ch = channel(&path)?;
     let q = web::Query::<HistoryQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::new(400, "bad_request", &format!("invalid query: {e}")))?
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid query: {e}")))?
         .into_inner();
     let ns = namespace(&node, &ch);
     if ns.history_size == 0 {
         return Err(ApiError::new(
-            404,
-            "not_available",
+            ErrorCode::NotAvailable,
             "history is off in this namespace",
         ));
     }
@@ -309,8 +266,7 @@ async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node
         (None, None) => None,
         _ => {
             return Err(ApiError::new(
-                400,
-                "bad_request",
+                ErrorCode::BadRequest,
                 "since_offset and epoch go together",
             ));
         }
@@ -339,7 +295,7 @@ async fn disconnect(req: HttpRequest, payload: web::Payload, node: web::Data<Nod
     let body = read_body(&req, payload, &node).await?;
     let b: DisconnectBody = parse_json(&body)?;
     if b.user.is_empty() {
-        return Err(ApiError::new(400, "bad_request", "`user` is empty"));
+        return Err(ApiError::new(ErrorCode::BadRequest, "`user` is empty"));
     }
     let n = node
         .engine

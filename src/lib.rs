@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod session;

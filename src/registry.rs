@@ -10,8 +10,8 @@ use std::sync::Arc;
 use actix::Recipient;
 use parking_lot::Mutex;
 
+use crate::outbox::SessionControl;
 use crate::protocol::CloseCode;
-use crate::session::SessionControl;
 
 struct Entry {
     user: String,

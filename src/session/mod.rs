@@ -1,15 +1,21 @@
-//! One WebSocket connection: the `/ws` handshake (origin, subprotocol, token, capacity, in
-//! the order the contract gives) and the session actor that follows it. The session parses
-//! frames, enforces the per-connection limits (message size, subscriptions, publish rate,
+//! One WebSocket connection after its handshake: the session actor. It parses frames,
+//! enforces the per-connection limits (message size, subscriptions, publish rate,
 //! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
-//! subscriptions, and writes its replies. Deliveries do not pass through the actor: the
-//! broker queues them, already framed, in the session's outbox, and the connection's
-//! response body (`SessionBody`) copies them out between the actor's own frames. It talks
-//! to the broker (subscriptions), the engine trait (publish, history, presence) and the
-//! registry; it never talks to Redis.
+//! subscriptions (in its outbox), and writes its replies. Deliveries do not pass through
+//! the actor: the broker queues them, already framed, in the session's outbox, and the
+//! connection's response body copies them out between the actor's own frames.
+//!
+//! Files: [`handshake`] (the `/ws` route: checks, upgrade), this file (the actor and its
+//! commands), [`publish`] (rate limit and the ordered publish queue), [`body`] (the
+//! response body). It talks to the broker (subscriptions), the engine trait (publish,
+//! history, presence) and the registry; it never talks to Redis.
 //!
 //! This is the only module that knows actix-web-actors (deprecated upstream in favour of
-//! actix-ws), so moving off it touches one file.
+//! actix-ws), so moving off it touches this directory only.
+
+mod body;
+pub mod handshake;
+mod publish;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,79 +23,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_http::ws::{CloseReason, Item, ProtocolError};
-use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use actix_web::web;
 use actix_web_actors::ws;
 use bytes::BytesMut;
-use bytestring::ByteString;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use crate::api::json_error;
-use crate::auth::{AuthError, Identity};
-use crate::broker::{Outbox, SessionHandle, Subscribe};
+use crate::auth::Identity;
+use crate::broker::{SessionHandle, Subscribe};
 use crate::channel::ChannelName;
-use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
+use crate::outbox::{Outbox, SessionControl};
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
-    Request, ServerFrame, StreamPosition, WsFrame, SUBPROTOCOL,
+    Request, ServerFrame, StreamPosition, SUBPROTOCOL,
 };
 use crate::registry::Slot;
-
-/// Broker or registry → session: control messages that are not subscription traffic.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum SessionControl {
-    /// The broker could not complete a subscribe; `frame` is the error reply.
-    SubscribeFailed {
-        /// The failed subscription.
-        sub_id: u64,
-        /// Its channel.
-        channel: ChannelName,
-        /// The `error` frame to send.
-        frame: ByteString,
-    },
-    /// Close the connection with this code (slow consumer, operator disconnect, shutdown).
-    Close(CloseCode),
-}
-
-/// A token bucket: `rate` tokens a second, holding at most `rate`.
-struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32) -> Self {
-        TokenBucket {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-struct PendingPublish {
-    id: Option<Id>,
-    channel: ChannelName,
-    data: Arc<RawValue>,
-    ns: NamespaceOptions,
-}
+pub use handshake::ws_route;
+use publish::{PendingPublish, TokenBucket};
 
 /// The session actor.
 pub struct Session {
@@ -131,7 +81,7 @@ impl Session {
                 limits.max_pending_bytes,
                 node.broker.pressure(),
             )),
-            bucket: TokenBucket::new(limits.client_publish_rate),
+            bucket: TokenBucket::new(limits.client_publish_rate, Instant::now()),
             node,
             client,
             identity,
@@ -265,44 +215,7 @@ impl Session {
                     .to_text(),
                 );
             }
-            Command::Publish { channel, data } => {
-                let ns = self.node.namespaces.get(channel.namespace()).clone();
-                if !self.identity.can_publish(&channel, &ns) {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::Forbidden,
-                        "publishing to this channel is not allowed",
-                    );
-                }
-                if !self.bucket.take() {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::RateLimited,
-                        "publishing faster than limits.client_publish_rate",
-                    );
-                }
-                // At most one burst (a second's worth at the rate limit) may wait for the
-                // engine: when it is not keeping up (Redis slow or away), refuse rather than
-                // hold an unbounded backlog of this connection's publications.
-                let max_queued = self.node.settings.limits.client_publish_rate as usize;
-                if self.publishes.len() >= max_queued {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::Unavailable,
-                        "too many publications waiting for the engine; nothing was published",
-                    );
-                }
-                self.publishes.push_back(PendingPublish {
-                    id,
-                    channel,
-                    data: Arc::from(data),
-                    ns,
-                });
-                self.pump_publishes(ctx);
-            }
+            Command::Publish { channel, data } => self.publish(id, channel, data, ctx),
             Command::Presence { channel } => {
                 let ns = self.node.namespaces.get(channel.namespace());
                 if !self.identity.can_subscribe(&channel, ns) {
@@ -493,51 +406,6 @@ impl Session {
         );
     }
 
-    /// Starts the next queued publish when none is in flight, so one connection's
-    /// publications reach the engine in the order they were sent.
-    fn pump_publishes(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.publishing {
-            return;
-        }
-        let Some(p) = self.publishes.pop_front() else {
-            return;
-        };
-        self.publishing = true;
-        let node = self.node.clone();
-        let info = self.info.clone();
-        let fut = async move {
-            let r = node
-                .engine
-                .publish(&p.channel, p.data, Some(info), &p.ns)
-                .await;
-            // `published` (and this connection's next publication) waits while the
-            // channel's subscribers here are behind but reading: backpressure.
-            if r.is_ok() {
-                node.broker.pace(&p.channel).await;
-            }
-            (p.id, p.channel, r)
-        };
-        ctx.spawn(fut.into_actor(self).map(|(id, channel, r), act, ctx| {
-            act.publishing = false;
-            match r {
-                Ok(res) => {
-                    act.node.metrics.publications.inc();
-                    ctx.text(
-                        ServerFrame::Published {
-                            id: id.as_ref(),
-                            channel: channel.as_str(),
-                            offset: res.offset,
-                            epoch: &res.epoch,
-                        }
-                        .to_text(),
-                    );
-                }
-                Err(e) => act.engine_error(ctx, id.as_ref(), &e),
-            }
-            act.pump_publishes(ctx);
-        }));
-    }
-
     fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
         let max = self.node.settings.limits.max_message_size;
         let (bytes, last) = match item {
@@ -665,7 +533,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
                 self.close_raw(ctx, reason);
             }
             Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::MessageTooBig),
-            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+            Err(ProtocolError::Io(e)) if is_invalid_utf8(&e) => {
                 self.close(ctx, CloseCode::InvalidPayload)
             }
             Err(e) => {
@@ -676,132 +544,28 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
     }
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+/// True for the error that actix-web-actors gives a text frame that is not UTF-8. It wraps
+/// the UTF-8 error into an `io::Error` of kind `Other` that carries only the error's text
+/// (no source to downcast), as it does a failed read of the connection; only that text
+/// tells the two apart. So it is compared here, in one place, and the test below builds the
+/// real error the way actix-web-actors does, so an upstream change fails a test rather than
+/// turning 1007 into 1002 unnoticed.
+fn is_invalid_utf8(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Other && e.to_string().contains("utf-8")
 }
 
-/// `GET /ws`: checks origin (403), subprotocol (400), token (401) and capacity (503), in
-/// that order, then upgrades and starts a [`Session`].
-pub async fn ws_route(
-    req: HttpRequest,
-    stream: web::Payload,
-    node: web::Data<Node>,
-) -> HttpResponse {
-    let refuse = |status: u16, code: &str, message: &str| {
-        node.metrics
-            .refused
-            .with_label_values(&[&status.to_string()])
-            .inc();
-        json_error(status, code, message)
-    };
-    let allowed = &node.settings.server.allowed_origins;
-    if !allowed.iter().any(|o| o == "*") {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let ok = origin
-                .to_str()
-                .map(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
-                .unwrap_or(false);
-            if !ok {
-                return refuse(403, "forbidden", "origin not allowed");
-            }
-        }
-    }
-    let mut offered = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .peekable();
-    if offered.peek().is_some() && !offered.any(|p| p == SUBPROTOCOL) {
-        return refuse(
-            400,
-            "bad_request",
-            "unsupported subprotocol: offer switchboard.v1.json",
-        );
-    }
-    let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string()) else {
-        return refuse(400, "bad_request", "malformed query string");
-    };
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_string())
-        });
-    let token = query
-        .into_inner()
-        .token
-        .filter(|t| !t.is_empty())
-        .or(bearer.filter(|t| !t.is_empty()));
-    let identity = match token {
-        None => Identity::default(),
-        Some(t) => match node.verifier.verify(&t) {
-            Ok(claims) => Identity {
-                claims: Some(claims),
-            },
-            Err(AuthError::Algorithm) => {
-                return refuse(401, "unauthorized", "token algorithm is not accepted")
-            }
-            Err(e) => return refuse(401, "unauthorized", &e.to_string()),
-        },
-    };
-    // Capacity, the last check: a draining node takes no new connection.
-    if node.is_draining() {
-        return refuse(503, "unavailable", "the node is shutting down");
-    }
-    let Some(slot) = node.registry.try_reserve() else {
-        return refuse(503, "unavailable", "limits.max_connections reached");
-    };
-    let max = node.settings.limits.max_message_size;
-    let mut response = match ws::handshake_with_protocols(&req, &[SUBPROTOCOL]) {
-        Ok(r) => r,
-        Err(e) => return json_error(400, "bad_request", &format!("not a WebSocket upgrade: {e}")),
-    };
-    let session = Session::new(node.clone(), identity, slot);
-    let outbox = session.outbox.clone();
-    let codec = actix_http::ws::Codec::new().max_size(max);
-    let actor = ws::WebsocketContext::with_codec(session, stream, codec);
-    response.streaming(SessionBody {
-        actor,
-        outbox,
-        spare: VecDeque::new(),
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The response body of a WebSocket: what the session actor writes (replies, pings, the
-/// Close frame), and between those the deliveries waiting in its [`Outbox`], already framed,
-/// copied into the connection in one chunk per batch without waking the actor. The actor's
-/// output goes first within a poll, and once it has closed nothing from the outbox follows.
-struct SessionBody<S> {
-    actor: S,
-    outbox: Arc<Outbox>,
-    spare: VecDeque<(u64, WsFrame)>,
-}
-
-impl<S> futures_util::Stream for SessionBody<S>
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> + Unpin,
-{
-    type Item = Result<bytes::Bytes, actix_web::Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.actor).poll_next(cx) {
-            Poll::Pending => {}
-            done_or_bytes => return done_or_bytes,
-        }
-        this.outbox
-            .poll_drain(&mut this.spare, cx)
-            .map(|chunk| Some(Ok(chunk)))
+    #[test]
+    fn invalid_utf8_is_told_apart_from_a_failed_read() {
+        let not_utf8 = bytestring::ByteString::try_from(bytes::Bytes::from_static(b"a\xffb"))
+            .expect_err("not UTF-8");
+        let as_actix_says = std::io::Error::other(format!("{not_utf8}"));
+        assert!(is_invalid_utf8(&as_actix_says));
+        let read_failed =
+            std::io::Error::other(actix_http::error::PayloadError::Incomplete(None).to_string());
+        assert!(!is_invalid_utf8(&read_failed));
     }
 }

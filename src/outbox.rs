@@ -1,0 +1,618 @@
+//! A session's outbox: the frames the broker has handed to one WebSocket session that are
+//! not yet written out, the session's record of its live subscriptions, its slow-consumer
+//! account, and the node-wide [`Pressure`] that paces publishers. Also the two things the
+//! broker and the registry hand to a session: the ready RFC 6455 frame ([`WsFrame`]) and
+//! the [`SessionControl`] message.
+//!
+//! A leaf: the session creates and drains an outbox, broker shards fill it, and neither is
+//! imported here, so the arrows between session, broker and registry go one way.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use actix::Message;
+use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::channel::ChannelName;
+use crate::protocol::CloseCode;
+
+/// Broker or registry → session: control messages that are not subscription traffic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum SessionControl {
+    /// The broker could not complete a subscribe; `frame` is the error reply.
+    SubscribeFailed {
+        /// The failed subscription.
+        sub_id: u64,
+        /// Its channel.
+        channel: ChannelName,
+        /// The `error` frame to send.
+        frame: ByteString,
+    },
+    /// Close the connection with this code (slow consumer, operator disconnect, shutdown).
+    Close(CloseCode),
+}
+
+/// A server text frame encoded for the wire (RFC 6455 §5.2: FIN + text opcode, payload
+/// length, no mask, the payload), built once per frame and shared by every session it goes
+/// to. Fan-out hands these to the sessions' outboxes, which the response body writes out as
+/// they are: no per-subscriber framing.
+#[derive(Clone, Debug)]
+pub struct WsFrame(bytes::Bytes);
+
+impl WsFrame {
+    /// Frames `text` as one final text frame.
+    pub fn text(text: &str) -> WsFrame {
+        let payload = text.as_bytes();
+        let n = payload.len();
+        let mut out = bytes::BytesMut::with_capacity(n + 10);
+        out.extend_from_slice(&[0x81]);
+        if n < 126 {
+            out.extend_from_slice(&[n as u8]);
+        } else if n <= u16::MAX as usize {
+            out.extend_from_slice(&[126]);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            out.extend_from_slice(&[127]);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        WsFrame(out.freeze())
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length on the wire, header included: what the frame counts in a session's pending
+    /// bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a frame has at least its two header bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Frames the broker has handed to one session that are not yet written out, and their
+/// size. Shared by the session, its response body and every shard.
+///
+/// Frames are already encoded for the wire ([`WsFrame`], one encoding per publication shared
+/// by all its subscribers) and wait in a queue that the session's response body
+/// (the session's) drains straight into the connection: the broker wakes it only when
+/// the queue goes from empty to non-empty, and it writes everything queued in one chunk,
+/// without passing through the session actor. Idle, the empty queue allocates nothing.
+///
+/// The outbox also knows which of the session's subscriptions are current: a frame for one
+/// that was left (or failed) is dropped when queued, and leaving drops what was queued for
+/// it, so nothing of a channel arrives after its `unsubscribed`.
+#[derive(Debug)]
+pub struct Outbox {
+    pending: AtomicUsize,
+    slow: AtomicBool,
+    limit: usize,
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+    /// More than half of `limit` queued (counted once in `pressure`).
+    behind: AtomicBool,
+    /// When the session last wrote frames out ([`now_ms`]).
+    last_write_ms: AtomicU64,
+    pressure: Arc<Pressure>,
+}
+
+/// How long a publishing session may wait, per publication, for subscribers of the channel
+/// that are behind (the broker's `pace`).
+pub const MAX_STALL: Duration = Duration::from_millis(50);
+
+/// A subscriber that wrote nothing for this long is not reading: publishers do not wait for
+/// it (it is cut at the limit instead).
+const STUCK_MS: u64 = 100;
+
+/// A session's subscriptions: (channel, subscription id) pairs in one small vector, in the
+/// order they were made, which is id order (a session's ids only grow): the per-frame
+/// check in [`Outbox::push`] is a binary search, lookups by channel scan (only commands do
+/// them). Two hash maps would cost about a hundred bytes more per idle connection for a set
+/// bounded by `limits.max_subscriptions_per_connection` and usually a handful long.
+#[derive(Debug, Default)]
+struct Subscriptions(Vec<(ChannelName, u64)>);
+
+impl Subscriptions {
+    fn get(&self, channel: &ChannelName) -> Option<u64> {
+        self.0.iter().find(|(c, _)| c == channel).map(|&(_, id)| id)
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.0.binary_search_by_key(&id, |&(_, i)| i).is_ok()
+    }
+
+    fn insert(&mut self, channel: ChannelName, id: u64) {
+        // Grown exactly (1, 2, 4, ...) rather than to Vec's minimum of four: most
+        // connections hold one or two subscriptions.
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(self.0.len().max(1));
+        }
+        let at = self.0.partition_point(|&(_, i)| i < id);
+        self.0.insert(at, (channel, id));
+    }
+
+    /// Removes the subscription of `channel` (only if its id is `only`, when given).
+    fn remove(&mut self, channel: &ChannelName, only: Option<u64>) -> Option<u64> {
+        let at = self
+            .0
+            .iter()
+            .position(|(c, id)| c == channel && only.is_none_or(|o| o == *id))?;
+        // `remove`, not `swap_remove`: `is_current` relies on the id order.
+        Some(self.0.remove(at).1)
+    }
+}
+
+/// What the outbox's lock guards.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<(u64, WsFrame)>,
+    /// The session's current subscriptions: the one record of them, for the session's
+    /// commands and for refusing frames of a subscription already left.
+    subs: Subscriptions,
+    /// The session wrote its Close frame: nothing more may follow it.
+    closed: bool,
+}
+
+/// Milliseconds since the first call: a cheap clock shared by every outbox.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The node's count of sessions more than half full, and a signal each time one of them
+/// writes; publishing sessions wait on it in the broker's `pace`.
+#[derive(Debug, Default)]
+pub struct Pressure {
+    behind: AtomicUsize,
+    progress: Notify,
+}
+
+impl Pressure {
+    /// True when some session of the node is more than half full: the one atomic load a
+    /// publication costs when nobody is behind.
+    pub fn any_behind(&self) -> bool {
+        self.behind.load(Ordering::Acquire) > 0
+    }
+
+    /// Notified each time a session that was behind writes (or goes away).
+    pub fn progress(&self) -> &Notify {
+        &self.progress
+    }
+}
+
+/// What became of a frame offered to an outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Counted and queued, or dropped because its subscription was left or the session
+    /// closed (nothing to do about either).
+    Taken,
+    /// The session is a slow consumer and takes nothing more; `first` is true for the one
+    /// offer that found it so, which tells the session to close with 4001.
+    Slow {
+        /// This offer marked the session slow.
+        first: bool,
+    },
+}
+
+impl Outbox {
+    /// An empty outbox that holds at most `limit` bytes.
+    pub fn new(limit: usize, pressure: Arc<Pressure>) -> Self {
+        Outbox {
+            pending: AtomicUsize::new(0),
+            slow: AtomicBool::new(false),
+            limit,
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
+            behind: AtomicBool::new(false),
+            last_write_ms: AtomicU64::new(now_ms()),
+            pressure,
+        }
+    }
+
+    /// Notes a new level of queued bytes after an increase.
+    fn raised_to(&self, pending: usize) {
+        if pending > self.limit / 2 && !self.behind.swap(true, Ordering::AcqRel) {
+            self.pressure.behind.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Offers a publication's frame: counted and queued unless that would pass the limit,
+    /// which makes the session a slow consumer.
+    pub fn offer(&self, sub_id: u64, frame: &WsFrame) -> Offer {
+        if self.is_slow() {
+            return Offer::Slow { first: false };
+        }
+        if !self.try_reserve(frame.len()) {
+            return Offer::Slow {
+                first: self.mark_slow(),
+            };
+        }
+        self.enqueue(sub_id, frame.clone());
+        Offer::Taken
+    }
+
+    /// Offers a `subscribed` reply: counted and never refused for its own size (a recovery
+    /// is bounded by the namespace's history); but a session that already had more than
+    /// the limit queued before it is slow, so replies cannot pile up unbounded.
+    pub fn offer_reply(&self, sub_id: u64, frame: WsFrame) -> Offer {
+        let len = frame.len();
+        self.force_reserve(len);
+        self.enqueue(sub_id, frame);
+        if self.pending().saturating_sub(len) > self.limit {
+            Offer::Slow {
+                first: self.mark_slow(),
+            }
+        } else {
+            Offer::Taken
+        }
+    }
+
+    /// Queues a counted frame; a frame refused (subscription left, session closed) is
+    /// uncounted again.
+    fn enqueue(&self, sub_id: u64, frame: WsFrame) {
+        let len = frame.len();
+        if !self.push(sub_id, frame) {
+            self.uncount(len);
+        }
+    }
+
+    /// True while this session is more than half full but still writing: a publisher to
+    /// one of its channels should wait for it rather than push it over the limit.
+    pub fn holds_back(&self) -> bool {
+        self.holds_back_at(now_ms())
+    }
+
+    fn holds_back_at(&self, now_ms: u64) -> bool {
+        self.behind.load(Ordering::Acquire)
+            && !self.is_slow()
+            && now_ms.saturating_sub(self.last_write_ms.load(Ordering::Acquire)) < STUCK_MS
+    }
+
+    /// Queues a frame (already counted) and wakes the body when the queue was empty; false
+    /// (and nothing queued) when its subscription is no longer current or the session
+    /// closed, and the caller releases the count.
+    fn push(&self, sub_id: u64, frame: WsFrame) -> bool {
+        let was_empty = {
+            let mut q = self.queue.lock();
+            if q.closed || !q.subs.is_current(sub_id) {
+                return false;
+            }
+            q.frames.push_back((sub_id, frame));
+            q.frames.len() == 1
+        };
+        if was_empty {
+            self.waker.wake();
+        }
+        true
+    }
+
+    /// The session's current subscription id for `channel`.
+    pub fn subscription(&self, channel: &ChannelName) -> Option<u64> {
+        self.queue.lock().subs.get(channel)
+    }
+
+    /// How many subscriptions the session holds.
+    pub fn subscription_count(&self) -> usize {
+        self.queue.lock().subs.0.len()
+    }
+
+    /// A new subscription of the session (ids only grow): its frames are accepted from now
+    /// on.
+    pub fn subscribe(&self, channel: ChannelName, sub_id: u64) {
+        self.queue.lock().subs.insert(channel, sub_id);
+    }
+
+    /// Ends the subscription of `channel` (only if its id is `only`, when given: a failure
+    /// reported for a subscription since replaced changes nothing) and returns its id. Its
+    /// frames are refused from now on, and those queued are dropped.
+    pub fn unsubscribe(&self, channel: &ChannelName, only: Option<u64>) -> Option<u64> {
+        let (sub_id, dropped) = {
+            let mut q = self.queue.lock();
+            let sub_id = q.subs.remove(channel, only)?;
+            let mut dropped = 0;
+            q.frames.retain(|(id, f)| {
+                let keep = *id != sub_id;
+                if !keep {
+                    dropped += f.len();
+                }
+                keep
+            });
+            (sub_id, dropped)
+        };
+        self.uncount(dropped);
+        Some(sub_id)
+    }
+
+    /// Empties the subscription set as the session ends, yielding its channels.
+    pub fn take_subscriptions(&self) -> Vec<ChannelName> {
+        let subs = std::mem::take(&mut self.queue.lock().subs);
+        subs.0.into_iter().map(|(c, _)| c).collect()
+    }
+
+    /// The session wrote its Close frame: drops what is queued and refuses the rest.
+    pub fn close(&self) {
+        let dropped = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            q.frames.drain(..).map(|(_, f)| f.len()).sum()
+        };
+        self.uncount(dropped);
+    }
+
+    /// For the session's response body: everything queued, as one chunk ready to write
+    /// (`spare` keeps its capacity between calls), or `Pending` with the waker registered.
+    /// A slow or closed session's frames are dropped instead.
+    pub fn poll_drain(
+        &self,
+        spare: &mut VecDeque<(u64, WsFrame)>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<bytes::Bytes> {
+        let write = {
+            let mut q = self.queue.lock();
+            if q.frames.is_empty() {
+                // Registered under the lock: a push after this sees the waker.
+                self.waker.register(cx.waker());
+                return Poll::Pending;
+            }
+            std::mem::swap(&mut q.frames, spare);
+            !q.closed
+        };
+        let total: usize = spare.iter().map(|(_, f)| f.len()).sum();
+        let mut chunk = bytes::BytesMut::new();
+        if write && !self.is_slow() {
+            chunk.reserve(total);
+            for (_, f) in spare.iter() {
+                chunk.extend_from_slice(f.bytes());
+            }
+        }
+        spare.clear();
+        if chunk.is_empty() {
+            self.uncount(total);
+            // Dropped (slow or closed): nothing to write, and nothing more will come.
+            return Poll::Pending;
+        }
+        self.release(total);
+        Poll::Ready(chunk.freeze())
+    }
+
+    /// Counts `n` more bytes, unless that would pass the limit.
+    fn try_reserve(&self, n: usize) -> bool {
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.limit {
+            self.pending.fetch_sub(n, Ordering::AcqRel);
+            false
+        } else {
+            self.raised_to(before + n);
+            true
+        }
+    }
+
+    /// Counts `n` more bytes whatever the limit: for a `subscribed` reply, whose recovered
+    /// publications are bounded by the namespace's history and must not count as slowness.
+    fn force_reserve(&self, n: usize) {
+        let before = self.pending.fetch_add(n, Ordering::AcqRel);
+        self.raised_to(before + n);
+    }
+
+    /// `n` bytes handed to the session were written out: also a sign that the client reads.
+    pub fn release(&self, n: usize) {
+        self.last_write_ms.store(now_ms(), Ordering::Release);
+        self.uncount(n);
+    }
+
+    /// Uncounts `n` bytes that were dropped, not written: no sign that the client reads.
+    fn uncount(&self, n: usize) {
+        let after = self.pending.fetch_sub(n, Ordering::AcqRel) - n;
+        if self.behind.load(Ordering::Acquire) {
+            if after <= self.limit / 2 && self.behind.swap(false, Ordering::AcqRel) {
+                self.pressure.behind.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.pressure.progress.notify_waiters();
+        }
+    }
+
+    /// Marks the session slow; true for the first caller only.
+    fn mark_slow(&self) -> bool {
+        !self.slow.swap(true, Ordering::AcqRel)
+    }
+
+    /// True once the session was found slow; it then drops everything still queued.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// Bytes currently queued.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if *self.behind.get_mut() {
+            self.pressure.behind.fetch_sub(1, Ordering::AcqRel);
+            self.pressure.progress.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(name: &str) -> ChannelName {
+        ChannelName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn subscriptions_look_up_by_channel_and_by_id_after_removals() {
+        let a = Outbox::new(1000, Arc::default());
+        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            a.subscribe(ch(name), i as u64 + 1);
+        }
+        assert_eq!(a.unsubscribe(&ch("b"), None), Some(2));
+        assert_eq!(a.unsubscribe(&ch("b"), None), None);
+        a.subscribe(ch("b"), 6);
+        // A failure reported for a subscription since replaced changes nothing.
+        assert_eq!(a.unsubscribe(&ch("b"), Some(2)), None);
+        assert_eq!(a.subscription_count(), 5);
+        assert_eq!(a.subscription(&ch("b")), Some(6));
+        assert_eq!(a.subscription(&ch("x")), None);
+        {
+            let q = a.queue.lock();
+            assert!(!q.subs.is_current(2));
+            assert!((1..=6).filter(|&i| i != 2).all(|i| q.subs.is_current(i)));
+        }
+        let left: Vec<String> = a
+            .take_subscriptions()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(left, ["a", "c", "d", "e", "b"]);
+        assert_eq!(a.subscription_count(), 0);
+    }
+
+    /// Our framing is byte for byte what actix-http's own encoder writes, at every length
+    /// boundary (7-bit, 16-bit and 64-bit lengths).
+    #[test]
+    fn ws_frame_matches_actix_encoder() {
+        for n in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(n);
+            let mut expected = bytes::BytesMut::new();
+            actix_http::ws::Parser::write_message(
+                &mut expected,
+                text.as_bytes(),
+                actix_http::ws::OpCode::Text,
+                true,
+                false,
+            );
+            let ours = WsFrame::text(&text);
+            assert_eq!(ours.bytes(), &expected[..], "length {n}");
+            assert_eq!(ours.len(), expected.len());
+        }
+    }
+
+    fn frame(n: usize) -> WsFrame {
+        WsFrame::text(&"x".repeat(n))
+    }
+
+    /// Queues like the broker does: counted first, uncounted when refused.
+    fn queue(a: &Outbox, sub_id: u64, text: &str) -> bool {
+        let f = WsFrame::text(text);
+        assert!(a.try_reserve(f.len()));
+        let len = f.len();
+        let taken = a.push(sub_id, f);
+        if !taken {
+            a.uncount(len);
+        }
+        taken
+    }
+
+    fn drain(a: &Outbox) -> Option<Vec<u8>> {
+        let mut spare = VecDeque::new();
+        let mut cx = TaskContext::from_waker(futures_util::task::noop_waker_ref());
+        match a.poll_drain(&mut spare, &mut cx) {
+            Poll::Ready(chunk) => Some(chunk.to_vec()),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn outbox_takes_live_subscriptions_only_and_drains_in_one_chunk() {
+        let a = Outbox::new(1000, Arc::default());
+        assert!(!queue(&a, 1, "early"), "not subscribed yet");
+        a.subscribe(ch("one"), 1);
+        a.subscribe(ch("two"), 2);
+        assert!(queue(&a, 1, "one"));
+        assert!(queue(&a, 2, "two"));
+        assert!(queue(&a, 1, "three"));
+        // Leaving 2 drops what was queued for it and refuses more.
+        assert_eq!(a.unsubscribe(&ch("two"), None), Some(2));
+        assert!(!queue(&a, 2, "late"));
+        let mut expected = Vec::new();
+        expected.extend_from_slice(WsFrame::text("one").bytes());
+        expected.extend_from_slice(WsFrame::text("three").bytes());
+        assert_eq!(drain(&a), Some(expected));
+        assert_eq!(a.pending(), 0);
+        assert_eq!(drain(&a), None);
+    }
+
+    #[test]
+    fn a_closed_outbox_drops_and_refuses_everything() {
+        let a = Outbox::new(1000, Arc::default());
+        a.subscribe(ch("one"), 1);
+        assert!(queue(&a, 1, "before close"));
+        a.close();
+        assert_eq!(a.pending(), 0);
+        assert!(!queue(&a, 1, "after close"));
+        assert_eq!(drain(&a), None);
+        assert_eq!(a.pending(), 0);
+    }
+
+    #[test]
+    fn outbox_counts_behind_once_and_releases_on_drain() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        // Exactly half is not behind; one byte more is.
+        a.subscribe(ch("one"), 1);
+        assert!(a.try_reserve(50));
+        assert!(a.push(1, frame(10)));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+        assert!(a.try_reserve(1));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        assert!(a.holds_back());
+        // Counted once however much more is queued; the limit itself still refuses.
+        assert!(a.try_reserve(49));
+        assert!(!a.try_reserve(1));
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        // Writing down to half clears it.
+        a.release(50);
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+        assert!(!a.holds_back());
+    }
+
+    #[test]
+    fn a_stuck_or_slow_outbox_does_not_hold_back_and_dropping_uncounts() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        a.force_reserve(80);
+        assert!(a.holds_back());
+        // No write for longer than STUCK_MS: the reader stopped, publishers go on.
+        let last = a.last_write_ms.load(Ordering::Acquire);
+        assert!(a.holds_back_at(last + STUCK_MS - 1));
+        assert!(!a.holds_back_at(last + STUCK_MS));
+        assert!(a.mark_slow());
+        assert!(!a.holds_back());
+        drop(a);
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_wakes_a_waiting_publisher() {
+        let pressure = Arc::new(Pressure::default());
+        let a = Outbox::new(100, pressure.clone());
+        a.force_reserve(80);
+        let waiting = pressure.progress.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        a.release(10);
+        // Still behind (70 > 50), but the write is progress: the waiter is woken.
+        assert_eq!(pressure.behind.load(Ordering::Acquire), 1);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the write");
+    }
+}
