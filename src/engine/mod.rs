@@ -162,3 +162,75 @@ pub fn recover_after(
     }
     (after, recovered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pubs(offsets: std::ops::RangeInclusive<u64>) -> Vec<Publication> {
+        offsets
+            .map(|offset| Publication {
+                offset,
+                data: Arc::from(RawValue::from_string("null".into()).expect("json")),
+                info: None,
+            })
+            .collect()
+    }
+
+    fn at(offset: u64, epoch: &str) -> StreamPosition {
+        StreamPosition {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    fn offsets(p: &[Publication]) -> Vec<u64> {
+        p.iter().map(|p| p.offset).collect()
+    }
+
+    #[test]
+    fn a_client_at_the_latest_offset_recovers_nothing_and_loses_nothing() {
+        let (kept, recovered) = recover_after(&at(7, "e"), 7, "e", vec![], 10);
+        assert!(recovered);
+        assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn the_gap_still_held_is_recovered_up_to_the_limit() {
+        let (kept, recovered) = recover_after(&at(3, "e"), 9, "e", pubs(4..=9), 10);
+        assert!(recovered);
+        assert_eq!(offsets(&kept), [4, 5, 6, 7, 8, 9]);
+        let (kept, recovered) = recover_after(&at(3, "e"), 9, "e", pubs(4..=9), 2);
+        assert!(recovered, "the first `limit` of an unbroken gap");
+        assert_eq!(offsets(&kept), [4, 5]);
+    }
+
+    #[test]
+    fn a_gap_partly_trimmed_from_history_is_not_recovered() {
+        // Offset 4 is gone: the client would miss it.
+        let (kept, recovered) = recover_after(&at(3, "e"), 9, "e", pubs(5..=9), 10);
+        assert!(!recovered);
+        assert_eq!(offsets(&kept), [5, 6, 7, 8, 9]);
+        // Nothing held at all while the channel moved on.
+        let (_, recovered) = recover_after(&at(3, "e"), 9, "e", vec![], 10);
+        assert!(!recovered);
+    }
+
+    #[test]
+    fn another_epoch_recovers_nothing() {
+        let (kept, recovered) = recover_after(&at(3, "old"), 9, "e", pubs(4..=9), 10);
+        assert!(!recovered);
+        assert!(kept.is_empty());
+        // Even at the same offset: offsets of two epochs are not comparable.
+        let (_, recovered) = recover_after(&at(9, "old"), 9, "e", vec![], 10);
+        assert!(!recovered);
+    }
+
+    #[test]
+    fn a_position_past_the_latest_offset_is_not_recovered() {
+        let (_, recovered) = recover_after(&at(12, "e"), 9, "e", vec![], 10);
+        assert!(!recovered);
+        let (_, recovered) = recover_after(&at(u64::MAX, "e"), 9, "e", vec![], 10);
+        assert!(!recovered, "no overflow at the largest offset");
+    }
+}
