@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::resp::{fcall, ms, query_pipe, value_array, value_string, value_u64, CmdError};
-use super::{Inner, FN_LIVE_NODES, FN_NODE_BEAT};
+use super::schema::{FN_LIVE_NODES, FN_NODE_BEAT};
+use super::Inner;
 use crate::engine::EngineError;
 
 /// A node-to-node command on `<p>:control`.

@@ -33,16 +33,16 @@
 //! hands each call to the file of its concern: `stream` (publish, push, history, range
 //! reads), `reader` (the pub/sub connection and its task), `ordering` (the per-channel
 //! order and gap-filling state machine, without I/O), `presence`, `cluster` (node-to-node
-//! control, liveness and counts, the beat task), `migrate` (the schema), `keys` (key names)
+//! control, liveness and counts, the beat task), `schema` (migrations and the functions called), `keys` (key names)
 //! and `resp` (commands, their errors and reply parsing).
 
 mod cluster;
 mod keys;
-mod migrate;
 mod ordering;
 mod presence;
 mod reader;
 mod resp;
+mod schema;
 mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,22 +62,14 @@ use crate::channel::ChannelName;
 use crate::config::{NamespaceOptions, Settings};
 use crate::protocol::{ClientInfo, StreamPosition};
 use keys::Keys;
-use migrate::apply_migrations;
 use ordering::Tracks;
 use presence::LocalPresence;
 use reader::Event;
 use resp::{query, query_pipe, CmdError};
+use schema::apply_migrations;
 
-pub use migrate::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
+pub use schema::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
 pub use stream::META_GRACE;
-
-const FN_PUBLISH: &str = "switchboard_v1_publish";
-const FN_HISTORY: &str = "switchboard_v1_history";
-const FN_RANGE: &str = "switchboard_v1_range";
-const FN_PRESENCE_ADD: &str = "switchboard_v1_presence_add";
-const FN_PRESENCE_LIST: &str = "switchboard_v1_presence_list";
-const FN_NODE_BEAT: &str = "switchboard_v1_node_beat";
-const FN_LIVE_NODES: &str = "switchboard_v1_live_nodes";
 
 /// Connection and timing options of the Redis engine.
 #[derive(Debug, Clone)]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::resp::{fcall, ms, value_array, value_string, CmdError};
-use super::{Inner, FN_PRESENCE_ADD, FN_PRESENCE_LIST};
+use super::schema::{FN_PRESENCE_ADD, FN_PRESENCE_LIST};
+use super::Inner;
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PresenceEntry};
 use crate::protocol::ClientInfo;

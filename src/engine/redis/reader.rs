@@ -17,9 +17,9 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::migrate::MigrateError;
 use super::ordering::{Incoming, Position};
 use super::resp::{ms, value_array, value_string, value_u64};
+use super::schema::MigrateError;
 use super::Inner;
 use crate::channel::ChannelName;
 use crate::engine::EngineError;

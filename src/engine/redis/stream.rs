@@ -15,7 +15,8 @@ use super::ordering::History;
 use super::resp::{
     fcall, ms, parse_stream_reply, value_array, value_string, value_u64, CmdError, StreamReply,
 };
-use super::{Inner, FN_HISTORY, FN_PUBLISH, FN_RANGE};
+use super::schema::{FN_HISTORY, FN_PUBLISH, FN_RANGE};
+use super::Inner;
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::{recover_after, EngineError, HistoryResult, PublishResult};

@@ -1,5 +1,5 @@
-//! The schema of a Switchboard Redis: the function libraries in `migrations/` and the
-//! version recorded in `<p>:schema`. [`apply_migrations`] brings Redis to
+//! The schema of a Switchboard Redis: the function libraries in `migrations/`, the names
+//! of the functions this build calls, and the version recorded in `<p>:schema`. [`apply_migrations`] brings Redis to
 //! [`SCHEMA_VERSION`] under `<p>:migrate:lock` (at start, after a reconnect, and when a
 //! function call finds its library gone); [`migrate`] is `switchboard migrate`. Talks to
 //! Redis through any connection it is handed; knows nothing of channels or nodes beyond a
@@ -23,6 +23,15 @@ pub const MIGRATIONS: &[(u32, &str)] =
 
 /// The highest schema version this build knows (the last of [`MIGRATIONS`]).
 pub const SCHEMA_VERSION: u32 = 1;
+
+// The functions this build calls, all of the library of [`SCHEMA_VERSION`].
+pub(super) const FN_PUBLISH: &str = "switchboard_v1_publish";
+pub(super) const FN_HISTORY: &str = "switchboard_v1_history";
+pub(super) const FN_RANGE: &str = "switchboard_v1_range";
+pub(super) const FN_PRESENCE_ADD: &str = "switchboard_v1_presence_add";
+pub(super) const FN_PRESENCE_LIST: &str = "switchboard_v1_presence_list";
+pub(super) const FN_NODE_BEAT: &str = "switchboard_v1_node_beat";
+pub(super) const FN_LIVE_NODES: &str = "switchboard_v1_live_nodes";
 
 /// How long the migration lock is held at most, should its holder die mid-way.
 const LOCK_TTL_MS: u64 = 10_000;
@@ -289,6 +298,24 @@ mod tests {
             assert!(src.starts_with(&format!("#!lua name={}\n", library_name(*v))));
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.0), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn called_functions_are_in_the_current_library() {
+        let current = format!("{}_", library_name(SCHEMA_VERSION));
+        let (_, source) = MIGRATIONS[MIGRATIONS.len() - 1];
+        for f in [
+            FN_PUBLISH,
+            FN_HISTORY,
+            FN_RANGE,
+            FN_PRESENCE_ADD,
+            FN_PRESENCE_LIST,
+            FN_NODE_BEAT,
+            FN_LIVE_NODES,
+        ] {
+            assert!(f.starts_with(&current), "{f}");
+            assert!(source.contains(&format!("'{f}'")), "{f} is registered");
+        }
     }
 
     #[test]
