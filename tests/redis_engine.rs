@@ -20,7 +20,9 @@ use serde_json::Value as Json;
 use switchboard::channel::ChannelName;
 use switchboard::config::{HumanDuration, NamespaceOptions, Settings};
 use switchboard::engine::memory::MemoryEngine;
-use switchboard::engine::redis::{migrate, RedisEngine, RedisOptions, SCHEMA_VERSION};
+use switchboard::engine::redis::{
+    migrate, MigrateError, RedisEngine, RedisOptions, RedisStartError, SCHEMA_VERSION,
+};
 use switchboard::engine::{Engine, EngineError, EngineHandler};
 use switchboard::protocol::{ClientInfo, StreamPosition};
 
@@ -562,6 +564,10 @@ async fn newer_schema_refuses_start() {
     let err = RedisEngine::start(options(&redis, &p, "n1"))
         .await
         .expect_err("refused");
+    let too_new =
+        |e: &RedisStartError| matches!(e, RedisStartError::Migrate(MigrateError::TooNew { .. }));
+    assert!(too_new(&err), "{err:?}");
+    let err = err.to_string();
     let newer = (SCHEMA_VERSION + 41).to_string();
     assert!(
         err.contains(&newer) && err.contains(&SCHEMA_VERSION.to_string()),
@@ -571,6 +577,8 @@ async fn newer_schema_refuses_start() {
     settings.engine.redis_url = redis.url();
     settings.engine.prefix = p;
     let err = migrate(&settings).await.expect_err("refused");
+    assert!(too_new(&err), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&newer), "{err}");
 }
 

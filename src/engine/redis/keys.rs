@@ -1,0 +1,103 @@
+//! Key and channel names of one prefix: the one place that knows the Redis key layout
+//! (see ARCHITECTURE.md and the header of `migrations/0001_functions.lua`). Every other file
+//! of the engine asks [`Keys`] for a name; nothing here talks to Redis.
+//!
+//! Per-channel keys carry the channel in a `{hash tag}`, so a channel's meta, history and
+//! presence land in one slot should the keys ever be spread over a Redis Cluster.
+
+/// Key and channel names of one prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// The prefix itself, `p`.
+    pub(super) prefix: String,
+    /// `<p>:ch:{`, the start of every channel's pub/sub name (kept to parse names back).
+    ch_prefix: String,
+    /// `<p>:control`, the pub/sub channel of node-to-node commands.
+    pub(super) control: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+            ch_prefix: format!("{prefix}:ch:{{"),
+            control: format!("{prefix}:control"),
+        }
+    }
+
+    /// `<p>:meta:{ch}`: the channel's latest offset and epoch.
+    pub(super) fn meta(&self, ch: &str) -> String {
+        format!("{}:meta:{{{ch}}}", self.prefix)
+    }
+
+    /// `<p>:history:{ch}`: the channel's history stream.
+    pub(super) fn history(&self, ch: &str) -> String {
+        format!("{}:history:{{{ch}}}", self.prefix)
+    }
+
+    /// `<p>:ch:{ch}`: the pub/sub channel publications and pushes travel on.
+    pub(super) fn pubsub(&self, ch: &str) -> String {
+        format!("{}{ch}}}", self.ch_prefix)
+    }
+
+    /// `<p>:presence:{ch}`: client -> presence info.
+    pub(super) fn presence(&self, ch: &str) -> String {
+        format!("{}:presence:{{{ch}}}", self.prefix)
+    }
+
+    /// `<p>:presence:{ch}:exp`: client -> expiry, to drop entries of a dead node.
+    pub(super) fn presence_exp(&self, ch: &str) -> String {
+        format!("{}:presence:{{{ch}}}:exp", self.prefix)
+    }
+
+    /// `<p>:schema`: the schema version applied.
+    pub(super) fn schema(&self) -> String {
+        format!("{}:schema", self.prefix)
+    }
+
+    /// `<p>:migrate:lock`: held while one node applies migrations.
+    pub(super) fn lock(&self) -> String {
+        format!("{}:migrate:lock", self.prefix)
+    }
+
+    /// `<p>:migrations`: the log of migrations applied.
+    pub(super) fn migration_log(&self) -> String {
+        format!("{}:migrations", self.prefix)
+    }
+
+    /// `<p>:nodes`: node -> last beat.
+    pub(super) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// `<p>:subs:{node}`: a node's local subscriber counts.
+    pub(super) fn subs(&self, node: &str) -> String {
+        format!("{}:subs:{{{node}}}", self.prefix)
+    }
+
+    /// `<p>:disc:{req}`: the nodes' answers to one disconnect request.
+    pub(super) fn disc(&self, req: &str) -> String {
+        format!("{}:disc:{{{req}}}", self.prefix)
+    }
+
+    /// The channel name inside a `<p>:ch:{name}` pub/sub channel.
+    pub(super) fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        pubsub.strip_prefix(&self.ch_prefix)?.strip_suffix('}')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_use_hash_tags_and_parse_back() {
+        let k = Keys::new("sb");
+        assert_eq!(k.meta("chat:lobby"), "sb:meta:{chat:lobby}");
+        assert_eq!(k.history("a"), "sb:history:{a}");
+        assert_eq!(k.pubsub("a/b"), "sb:ch:{a/b}");
+        assert_eq!(k.channel_of("sb:ch:{a/b}"), Some("a/b"));
+        assert_eq!(k.channel_of("sb:control"), None);
+        assert_eq!(k.presence_exp("x"), "sb:presence:{x}:exp");
+    }
+}

@@ -1,0 +1,423 @@
+//! The Redis engine: offsets, epochs, history, presence and cross-node delivery kept in one
+//! Redis shared by every node of a cluster. It talks to Redis only (a connection manager for
+//! commands, one dedicated pub/sub connection per node) and to the node only through the
+//! [`EngineHandler`] it is given; the broker, sessions and API see it as an `Arc<dyn Engine>`.
+//!
+//! Publishing is one server-side function (`migrations/0001_functions.lua`, a Redis 7
+//! FUNCTION library applied under a lock by [`migrate`] or on start): it assigns the offset,
+//! appends to the history stream, trims and expires it, and PUBLISHes a compact payload
+//! `p<offset>:<epoch>:{"data":..,"info":..}` on `<p>:ch:{channel}`. Each node builds the
+//! client `message` frame once on receipt with [`message_frame`](crate::protocol::message_frame),
+//! so a publication is still serialized once per node, and the frame format stays in
+//! `protocol` instead of being copied into Lua. Pushes (join/leave) go on the same Redis
+//! channel as `u<frame>`.
+//!
+//! One long-lived reader task per node (spawned by [`RedisEngine::start`], so it must run on
+//! a runtime that lives as long as the node: the main actix system runtime, not a worker's)
+//! owns the pub/sub connection. It delivers each channel's publications in offset order with
+//! no gap within an epoch: it remembers the last offset delivered per channel, and when a
+//! message jumps ahead (a lost message, a reconnect) it reads the missing range from history
+//! first. When Redis goes away it marks the engine not ready, reconnects with exponential
+//! backoff and jitter, re-applies migrations if Redis came back empty, resubscribes every
+//! channel the node holds and fills the gaps from history. A second task refreshes this
+//! node's presence entries and its liveness/subscriber counts in `<p>:nodes`.
+//!
+//! Key layout (prefix `p`): see ARCHITECTURE.md and the header of the migration file.
+//! Lifetimes: history lives `history_ttl` after the last publication; the meta hash (offset
+//! and epoch) lives [`META_GRACE`] longer, so a client that comes back just after its history
+//! expired still sees the same epoch and a latest offset, and gets `recovered: false` only
+//! when something was really lost; after that the channel starts a new epoch, as the memory
+//! engine does when it forgets an idle channel.
+//!
+//! Files: this one holds the options, the start-up and the [`Engine`] implementation, which
+//! hands each call to the file of its concern: `stream` (publish, push, history, range
+//! reads), `reader` (the pub/sub connection and its task), `ordering` (the per-channel
+//! order and gap-filling state machine, without I/O), `presence`, `cluster` (node-to-node
+//! control, liveness and counts, the beat task), `schema` (migrations and the functions called), `keys` (key names)
+//! and `resp` (commands, their errors and reply parsing).
+
+mod cluster;
+mod keys;
+mod ordering;
+mod presence;
+mod reader;
+mod resp;
+mod schema;
+mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+
+use super::{Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult};
+use crate::channel::ChannelName;
+use crate::config::{NamespaceOptions, Settings};
+use crate::protocol::{ClientInfo, StreamPosition};
+use keys::Keys;
+use ordering::Tracks;
+use presence::LocalPresence;
+use reader::Event;
+use resp::{query, query_pipe, CmdError};
+use schema::apply_migrations;
+
+pub use schema::{migrate, MigrateError, MIGRATIONS, SCHEMA_VERSION};
+pub use stream::META_GRACE;
+
+/// Connection and timing options of the Redis engine.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// This node's id (in presence and `<p>:nodes`).
+    pub node_id: String,
+    /// Longest wait for any one command before answering `unavailable`.
+    pub command_timeout: Duration,
+    /// How long [`RedisEngine::start`] waits for Redis before starting not ready.
+    pub start_timeout: Duration,
+    /// Longest pause between two reconnection attempts (the backoff cap).
+    pub max_backoff: Duration,
+    /// How often the pub/sub connection is pinged and the schema checked.
+    pub health_period: Duration,
+    /// How often this node's presence entries are refreshed; they expire after three.
+    pub presence_period: Duration,
+    /// How often this node records itself and its counts in `<p>:nodes`; it counts as
+    /// gone after five.
+    pub node_period: Duration,
+    /// How long `disconnect_user` waits for the other nodes' answers.
+    pub disconnect_wait: Duration,
+    /// How long a node waits for another node's migration lock.
+    pub lock_wait: Duration,
+}
+
+impl RedisOptions {
+    /// Options from `[engine]` with the default timings.
+    pub fn from_settings(settings: &Settings, node_id: &str) -> Self {
+        RedisOptions {
+            url: settings.engine.redis_url.clone(),
+            prefix: settings.engine.prefix.clone(),
+            node_id: node_id.to_string(),
+            command_timeout: Duration::from_millis(1500),
+            start_timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(2),
+            health_period: Duration::from_secs(1),
+            presence_period: Duration::from_secs(5),
+            node_period: Duration::from_secs(2),
+            disconnect_wait: Duration::from_secs(1),
+            lock_wait: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why [`RedisEngine::start`] or [`migrate`] gave up. The variants are what a caller
+/// branches on (an exit code each): the operator's configuration, an unreachable Redis, or
+/// the schema in Redis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisStartError {
+    /// `engine.redis_url` is not a Redis URL this build can use.
+    #[error("key `engine.redis_url`: {0}")]
+    BadUrl(String),
+    /// The Redis client refused this build's own connection settings (a bug, not the
+    /// operator's doing).
+    #[error("redis connection manager: {0}")]
+    Client(String),
+    /// Redis could not be reached. Only [`migrate`] gives up on this; the engine starts
+    /// not ready instead and keeps trying.
+    #[error("cannot reach redis at {url}: {reason}")]
+    Unreachable {
+        /// `engine.redis_url`.
+        url: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// The migrations were refused or failed; see [`MigrateError`]. [`RedisEngine::start`]
+    /// gives up only on [`MigrateError::TooNew`].
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+/// State shared by the engine handle and its background tasks.
+struct Inner {
+    opts: RedisOptions,
+    keys: Keys,
+    client: redis::Client,
+    conn: ConnectionManager,
+    handler: OnceLock<Arc<dyn EngineHandler>>,
+    /// Connected, migrated, subscribed: what `/readyz` reports.
+    ready: AtomicBool,
+    /// The pub/sub connection's command half, while connected.
+    sink: Mutex<Option<PubSubSink>>,
+    /// Channels this node is subscribed to and where each one's stream stands.
+    tracks: Tracks,
+    /// To the reader task: baselines read by `subscribe_node`.
+    events: mpsc::UnboundedSender<Event>,
+    /// This node's presence entries, refreshed periodically.
+    presence: Mutex<LocalPresence>,
+    /// The last local subscriber counts handed in, written with each node beat.
+    local_counts: Mutex<Vec<(String, usize)>>,
+}
+
+impl Inner {
+    fn handler(&self) -> Option<&Arc<dyn EngineHandler>> {
+        self.handler.get()
+    }
+
+    fn check_ready(&self) -> Result<(), EngineError> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(EngineError::Unavailable("redis is not connected".into()))
+        }
+    }
+
+    /// Runs one command, ready or not (the reader and beat tasks).
+    async fn query(&self, cmd: &redis::Cmd) -> Result<Value, CmdError> {
+        let mut con = self.conn.clone();
+        query(cmd, &mut con, self.opts.command_timeout).await
+    }
+
+    /// Runs a pipeline under the command timeout, ready or not.
+    async fn run_pipe(&self, pipe: &redis::Pipeline) -> Result<(), CmdError> {
+        let mut con = self.conn.clone();
+        query_pipe::<Value, _>(pipe, &mut con, self.opts.command_timeout)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs one command for a caller of the engine: refused at once while not ready.
+    async fn command(&self, cmd: &redis::Cmd) -> Result<Value, EngineError> {
+        self.check_ready()?;
+        self.query(cmd).await.map_err(CmdError::into_engine)
+    }
+
+    /// Runs a function call; when Redis lost the library (it came back empty), applies
+    /// the migrations again and retries once (nothing ran, so the retry is safe).
+    async fn fcall(&self, cmd: &redis::Cmd) -> Result<Value, EngineError> {
+        self.check_ready()?;
+        match self.query(cmd).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.function_missing() => {
+                log::warn!("redis lost the switchboard functions; applying migrations again");
+                self.repair()
+                    .await
+                    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+                self.query(cmd).await.map_err(CmdError::into_engine)
+            }
+            Err(e) => Err(e.into_engine()),
+        }
+    }
+
+    /// Applies the migrations again (Redis came back empty or lost the library).
+    async fn repair(&self) -> Result<u32, MigrateError> {
+        let mut con = self.conn.clone();
+        apply_migrations(
+            &mut con,
+            &self.keys,
+            &self.opts.node_id,
+            self.opts.command_timeout,
+            self.opts.lock_wait,
+        )
+        .await
+    }
+}
+
+/// The Redis engine; cheap to share behind an `Arc`. Dropping it stops its tasks.
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for RedisEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisEngine")
+            .field("prefix", &self.inner.keys.prefix)
+            .field("node", &self.inner.opts.node_id)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl RedisEngine {
+    /// Connects, migrates and starts the reader and heartbeat tasks on the current tokio
+    /// runtime, which must outlive the engine (call it from `Node::build`, on the main
+    /// system runtime). Redis being unreachable is not an error: the engine starts not
+    /// ready and keeps retrying. A schema newer than [`SCHEMA_VERSION`] is
+    /// ([`RedisStartError::Migrate`] with [`MigrateError::TooNew`]), and so is a URL that
+    /// is not one ([`RedisStartError::BadUrl`]).
+    pub async fn start(opts: RedisOptions) -> Result<Arc<RedisEngine>, RedisStartError> {
+        let client = redis::Client::open(opts.url.as_str())
+            .map_err(|e| RedisStartError::BadUrl(e.to_string()))?;
+        // Few, short retries inside the manager: a command must fail within
+        // `command_timeout`, and the reader task is what waits for Redis to come back.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.command_timeout))
+            .set_response_timeout(Some(opts.command_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| RedisStartError::Client(e.to_string()))?;
+        let keys = Keys::new(&opts.prefix);
+
+        // Refuse a newer schema before anything else; an unreachable Redis only logs.
+        let mut probe = conn.clone();
+        let first = tokio::time::timeout(
+            opts.start_timeout + opts.lock_wait,
+            apply_migrations(
+                &mut probe,
+                &keys,
+                &opts.node_id,
+                opts.start_timeout,
+                opts.lock_wait,
+            ),
+        )
+        .await;
+        let reachable = matches!(first, Ok(Ok(_)));
+        match first {
+            Ok(Ok(v)) => log::info!("redis schema ready version={v} node={}", opts.node_id),
+            Ok(Err(e @ MigrateError::TooNew { .. })) => return Err(e.into()),
+            Ok(Err(e)) => log::warn!(
+                "redis not available at start, starting not ready node={}: {e}",
+                opts.node_id
+            ),
+            Err(_) => log::warn!(
+                "redis not available at start (timed out), starting not ready node={}",
+                opts.node_id
+            ),
+        }
+
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            keys,
+            client,
+            conn,
+            handler: OnceLock::new(),
+            ready: AtomicBool::new(false),
+            sink: Mutex::new(None),
+            tracks: Tracks::new(),
+            events,
+            presence: Mutex::new(LocalPresence::new()),
+            local_counts: Mutex::new(Vec::new()),
+            opts,
+        });
+        tokio::spawn(reader::reader_task(
+            inner.clone(),
+            events_rx,
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(cluster::beat_task(inner.clone(), shutdown_rx));
+        let engine = Arc::new(RedisEngine { inner, shutdown });
+        // Give a reachable Redis a moment so a node usually starts ready.
+        let until = Instant::now() + engine.inner.opts.start_timeout;
+        if reachable {
+            while !engine.is_ready() && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Stops the background tasks (also done on drop); the engine stays not ready.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.inner.ready.store(false, Ordering::Release);
+    }
+
+    /// Records this node's local subscriber counts, written to `<p>:subs:{node}` with the
+    /// next node beat; the node calls it periodically with `Broker::channel_counts`.
+    pub fn set_local_counts(&self, counts: Vec<(String, usize)>) {
+        *self.inner.local_counts.lock() = counts;
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.opts.node_id
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Arc<RawValue>,
+        info: Option<ClientInfo>,
+        ns: &NamespaceOptions,
+    ) -> Result<PublishResult, EngineError> {
+        stream::publish(&self.inner, channel, data, info, ns).await
+    }
+
+    async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError> {
+        stream::push(&self.inner, channel, frame).await
+    }
+
+    async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        reader::subscribe(&self.inner, channel).await
+    }
+
+    async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        reader::unsubscribe(&self.inner, channel).await
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        stream::history(&self.inner, channel, since, limit, ns).await
+    }
+
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        info: &ClientInfo,
+        _ns: &NamespaceOptions,
+    ) -> Result<(), EngineError> {
+        presence::add(&self.inner, channel, info).await
+    }
+
+    async fn presence_remove(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<(), EngineError> {
+        presence::remove(&self.inner, channel, client).await
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, EngineError> {
+        presence::list(&self.inner, channel).await
+    }
+
+    async fn channels(
+        &self,
+        local: Vec<(String, usize)>,
+    ) -> Result<Vec<(String, usize)>, EngineError> {
+        self.inner.check_ready()?;
+        self.set_local_counts(local);
+        cluster::channels(&self.inner).await
+    }
+
+    async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError> {
+        cluster::disconnect_user(&self.inner, user).await
+    }
+}
