@@ -21,6 +21,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

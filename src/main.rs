@@ -1,6 +1,7 @@
 //! The `switchboard` binary: parses flags, loads the configuration (exit code 2 when it is
-//! bad), sets up logging, and runs one node until SIGTERM or SIGINT. Everything else lives
-//! in the library.
+//! bad), sets up logging, and runs one node until SIGTERM or SIGINT; a node that cannot
+//! start exits with its cause's code (`StartupError::exit_code`). Everything else lives in
+//! the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,8 +74,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
+                let e = StartupError::from(e);
                 eprintln!("switchboard: migrate failed: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(e.exit_code())
             }
         };
     }
@@ -90,13 +92,9 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(StartupError::Config(e)) => {
-            eprintln!("switchboard: configuration error: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("switchboard: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

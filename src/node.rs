@@ -15,6 +15,7 @@ use crate::config::{EngineKind, Namespaces, Settings};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineHandler};
+use crate::error::StartupError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 
@@ -81,15 +82,15 @@ impl EngineHandler for NodeHandler {
 
 impl Node {
     /// Builds a node; must run inside an actix system (the broker starts arbiters).
-    pub async fn build(settings: Settings) -> Result<Arc<Node>, String> {
+    pub async fn build(settings: Settings) -> Result<Arc<Node>, StartupError> {
         let id = if settings.server.node_id.is_empty() {
             let u = uuid::Uuid::new_v4().simple().to_string();
             format!("node-{}", &u[..8])
         } else {
             settings.server.node_id.clone()
         };
-        let verifier = Verifier::new(&settings.auth)?;
-        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let verifier = Verifier::new(&settings.auth).map_err(StartupError::Config)?;
+        let metrics = Metrics::new()?;
         let mut redis_engine: Option<Arc<RedisEngine>> = None;
         let (engine, memory): (Arc<dyn Engine>, Option<Arc<MemoryEngine>>) =
             match settings.engine.kind {
@@ -101,9 +102,7 @@ impl Node {
                     // Runs on the main system runtime, which outlives the node: the engine's
                     // reader and heartbeat tasks are spawned here, not on a worker's runtime.
                     // An unreachable Redis starts the node not ready; a newer schema stops it.
-                    let r = RedisEngine::start(RedisOptions::from_settings(&settings, &id))
-                        .await
-                        .map_err(|e| format!("engine: {e}"))?;
+                    let r = RedisEngine::start(RedisOptions::from_settings(&settings, &id)).await?;
                     redis_engine = Some(r.clone());
                     (r, None)
                 }

@@ -14,19 +14,9 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::Notify;
 
 use crate::config::Settings;
+pub use crate::error::StartupError;
 use crate::node::Node;
 use crate::protocol::CloseCode;
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The configuration is unusable (exit code 2).
-    #[error("configuration error: {0}")]
-    Config(String),
-    /// Binding or serving failed (exit code 1).
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
 
 /// Triggers a graceful shutdown of one [`Application`]; cheap to clone.
 #[derive(Clone, Default)]
@@ -88,7 +78,7 @@ impl Application {
         })?;
         let addr = listener.local_addr()?;
         let workers = settings.workers();
-        let node = web::Data::from(Node::build(settings).await.map_err(StartupError::Config)?);
+        let node = web::Data::from(Node::build(settings).await?);
         spawn_sweeper(&node);
         let data = node.clone();
         // The factory runs once on each worker thread as it starts: the first workers each
