@@ -1,19 +1,40 @@
 //! Switchboard: a realtime WebSocket pub/sub server.
 //!
 //! Clients connect to `/ws`, speak the `switchboard.v1.json` subprotocol, subscribe to
-//! channels and publish; backends publish through `/api`. The layout follows the flow of a
-//! publication:
+//! channels and publish; backends publish through `/api`. The modules follow the flow of a
+//! publication, and imports go one way along it (handshake → session → broker → engine;
+//! `scripts/check-shape.py` fails CI on a cycle):
 //!
-//! - [`session`]: one actor per WebSocket (handshake, frames, limits, heartbeat);
-//! - [`broker`]: channel membership and fan-out, sharded by channel over threads;
-//! - [`engine`]: offsets, history, presence and cross-node delivery, behind one trait:
+//! ```text
+//! client ─▶ session::handshake ─▶ session (actor) ─publish─▶ engine ─┐ memory: loops back
+//!                                    │ subscribe                      │ redis: FCALL, PUBLISH
+//!                                    ▼                                ▼
+//!                                 broker::shard ◀── EngineHandler (node) ◀── engine reader
+//!                                    │ fan-out: one frame per publication
+//!                                    ▼
+//!                                 outbox (per session) ─▶ session::body ─▶ client
+//! ```
+//!
+//! - [`session`]: one actor per WebSocket: [`session::handshake`] (origin, subprotocol,
+//!   token, capacity), the actor (commands, limits, heartbeat, token expiry), its publish
+//!   queue and rate limit, and the response body that writes the outbox out.
+//! - [`outbox`]: a leaf shared by session and broker: the session's queue of ready frames
+//!   ([`outbox::WsFrame`]), its live subscriptions, its slow-consumer account, the node's
+//!   backpressure, and the [`outbox::SessionControl`] message.
+//! - [`broker`]: channel membership and fan-out, sharded by channel over the workers'
+//!   threads: its messages, the shard, and the join merge (no gap, no duplicate).
+//! - [`engine`]: offsets, history, presence and cross-node delivery behind one trait:
 //!   [`engine::memory`] for a node alone, [`engine::redis`] for a cluster sharing a Redis
-//!   (its schema and server-side functions live in `migrations/`);
-//! - [`protocol`]: every frame on the wire, and the error and close code tables;
-//! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus;
-//! - [`auth`]: JWT verification and channel permissions; [`channel`]: channel names;
-//! - [`config`]: layered settings; [`node`]: the shared state of one node; [`registry`]:
-//!   the node's sessions; [`startup`]: building, serving and draining a node.
+//!   (keys, schema and migrations, the reader and its ordering state machine, publish and
+//!   history, presence, cluster control); the schema's functions live in `migrations/`.
+//! - [`protocol`]: every frame on the wire (commands, server frames) and one table of
+//!   client-visible codes for WebSocket and HTTP alike, with the HTTP error body.
+//! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus.
+//! - [`auth`]: JWT verification and channel permissions; [`channel`]: channel names.
+//! - [`node`]: the shared state of one node, and the engine handler that routes what the
+//!   engine hands back into the broker and the registry; [`registry`]: the node's sessions.
+//! - [`config`]: layered settings; [`startup`]: building, serving and draining a node;
+//!   [`error`]: why a node could not start, with its exit code.
 
 pub mod api;
 pub mod auth;

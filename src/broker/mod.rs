@@ -18,9 +18,9 @@
 //! `limits.max_pending_bytes` is evicted from the shard's channels and told to close with
 //! 4001, while the other subscribers keep receiving.
 //!
-//! Files: [`messages`] (what sessions and the engine send to a shard), [`handle`] (how a
-//! shard reaches a session), [`shard`] (membership, the node's engine subscriptions, and
-//! fan-out), [`join`] (the merge of a joining subscriber's history with live traffic);
+//! Files: [`messages`] (what sessions and the engine send to a shard), `handle` (how a
+//! shard reaches a session), `shard` (membership, the node's engine subscriptions, and
+//! fan-out), `join` (the merge of a joining subscriber's history with live traffic);
 //! this file routes each message to its channel's shard and paces publishers.
 
 mod handle;

@@ -21,7 +21,7 @@ pub enum ServerFrame<'a> {
         user: &'a str,
         /// The Ping interval.
         heartbeat_ms: u64,
-        /// Always [`SUBPROTOCOL`].
+        /// Always [`SUBPROTOCOL`](super::SUBPROTOCOL).
         protocol: &'a str,
     },
     /// Reply to `subscribe`.

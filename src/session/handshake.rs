@@ -1,7 +1,7 @@
 //! The `/ws` handshake: checks origin (403), subprotocol (400), token (401) and capacity
 //! (503), in the order the contract gives, answering refusals with the HTTP error body;
 //! then upgrades the connection and starts a [`Session`] whose response body is a
-//! [`SessionBody`].
+//! `SessionBody`.
 
 use std::collections::VecDeque;
 

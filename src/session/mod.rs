@@ -6,7 +6,7 @@
 //! connection's response body copies them out between the actor's own frames.
 //!
 //! Files: [`handshake`] (the `/ws` route: checks, upgrade), this file (the actor and its
-//! commands), [`publish`] (rate limit and the ordered publish queue), [`body`] (the
+//! commands), `publish` (rate limit and the ordered publish queue), `body` (the
 //! response body). It talks to the broker (subscriptions), the engine trait (publish,
 //! history, presence) and the registry; it never talks to Redis.
 //!
