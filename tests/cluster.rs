@@ -1,6 +1,8 @@
 //! Several real `switchboard` processes sharing one real Redis (started per test on a free
 //! port): one order and one set of offsets across nodes, recovery on another node after a
-//! SIGKILL, a Redis outage mid-traffic, and nodes starting together on an empty Redis.
+//! SIGKILL, a Redis outage mid-traffic, and nodes starting together on an empty Redis (the
+//! migration they applied once is read back from Redis); plus three in-process nodes in one
+//! test process sharing presence, join/leave and an operator disconnect.
 
 mod common;
 

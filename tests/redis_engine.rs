@@ -1,7 +1,8 @@
 //! The engine contract, run against both engines through one conformance suite, plus what
 //! only the Redis engine does: migrations under a lock, refusing a newer schema, surviving a
 //! Redis that restarts empty, gap filling from history, and cluster-wide presence, counts
-//! and disconnects between several engines ("nodes") in one process.
+//! and disconnects between several engines ("nodes") in one process, and two in-process
+//! applications delivering to each other.
 //!
 //! Every test starts its own `redis-server` on a free port with a unique key prefix, and
 //! waits on events by bounded polling, never on a fixed sleep.

@@ -532,7 +532,7 @@ async fn history_and_recovery() {
 
 #[tokio::test]
 async fn history_ttl_expires_entries() {
-    // Long enough that the first read surely comes before expiry on a busy machine.
+    // Long enough for the first read to come before expiry, even on a busy machine.
     let s = spawn_app(&[("channels.history_ttl", "1s")]);
     let mut p = s.client().await;
     p.call(json!({"type":"publish","channel":"t","data":1}))
