@@ -1,28 +1,32 @@
 //! Several real `switchboard` processes sharing one real Redis (started per test on a free
 //! port): one order and one set of offsets across nodes, recovery on another node after a
-//! SIGKILL, a Redis outage mid-traffic, and nodes starting together on an empty Redis.
+//! SIGKILL, a Redis outage mid-traffic, and nodes starting together on an empty Redis (the
+//! migration they applied once is read back from Redis); plus three in-process nodes in one
+//! test process sharing presence, join/leave and an operator disconnect.
 
 mod common;
 
-use common::{eventually, unique_prefix, Client, Redis, Server};
+use common::app::run_command;
+use common::{eventually, spawn_app, spawn_app_in_process, unique_prefix, App, Client, Redis};
 use serde_json::{json, Value};
+use switchboard::engine::redis::SCHEMA_VERSION;
 
 const KEY: &str = "cluster-key";
 
-fn node(redis: &Redis, prefix: &str, name: &str) -> Server {
-    Server::start(&[
-        ("SWITCHBOARD__ENGINE__KIND", "redis"),
-        ("SWITCHBOARD__ENGINE__REDIS_URL", &redis.url()),
-        ("SWITCHBOARD__ENGINE__PREFIX", prefix),
-        ("SWITCHBOARD__SERVER__NODE_ID", name),
-        ("SWITCHBOARD__API__KEYS", KEY),
-        ("SWITCHBOARD__LIMITS__CLIENT_PUBLISH_RATE", "100000"),
-        ("SWITCHBOARD__CHANNELS__HISTORY_SIZE", "1000"),
+fn node(redis: &Redis, prefix: &str, name: &str) -> App {
+    spawn_app(&[
+        ("engine.kind", "redis"),
+        ("engine.redis_url", &redis.url()),
+        ("engine.prefix", prefix),
+        ("server.node_id", name),
+        ("api.keys", KEY),
+        ("limits.client_publish_rate", "100000"),
+        ("channels.history_size", "1000"),
     ])
 }
 
 /// Nodes "a" and "b" on one fresh prefix of `redis`, both ready.
-async fn two_ready_nodes(redis: &Redis) -> (Server, Server) {
+async fn two_ready_nodes(redis: &Redis) -> (App, App) {
     let prefix = unique_prefix();
     let a = node(redis, &prefix, "a");
     let b = node(redis, &prefix, "b");
@@ -31,11 +35,8 @@ async fn two_ready_nodes(redis: &Redis) -> (Server, Server) {
     (a, b)
 }
 
-async fn ready(s: &Server) {
-    eventually("node ready", || async {
-        (s.http("GET", "/readyz", &[], None).await.0 == 200).then_some(())
-    })
-    .await;
+async fn ready(s: &App) {
+    s.wait_ready(200).await;
 }
 
 /// Reads `n` messages of `channel` and returns (offset, data) pairs.
@@ -54,7 +55,7 @@ async fn read_messages(c: &mut Client, n: usize) -> Vec<(u64, Value)> {
 async fn every_node_sees_one_order_and_one_set_of_offsets() {
     let redis = Redis::start();
     let prefix = unique_prefix();
-    let nodes: Vec<Server> = ["n1", "n2", "n3"]
+    let nodes: Vec<App> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| node(&redis, &prefix, n))
         .collect();
@@ -176,14 +177,8 @@ async fn redis_outage_mid_traffic() {
     assert_eq!(read_messages(&mut sub, 1).await[0].0, 1);
 
     redis.kill();
-    eventually("node a not ready", || async {
-        (a.http("GET", "/readyz", &[], None).await.0 == 503).then_some(())
-    })
-    .await;
-    eventually("node b not ready", || async {
-        (b.http("GET", "/readyz", &[], None).await.0 == 503).then_some(())
-    })
-    .await;
+    a.wait_ready(503).await;
+    b.wait_ready(503).await;
     let r = publ
         .call(json!({"type":"publish","id":1,"channel":"live","data":2}))
         .await;
@@ -245,32 +240,35 @@ async fn three_nodes_start_together_on_an_empty_redis() {
             let prefix = prefix.clone();
             let n = n.to_string();
             std::thread::spawn(move || {
-                Server::start(&[
-                    ("SWITCHBOARD__ENGINE__KIND", "redis"),
-                    ("SWITCHBOARD__ENGINE__REDIS_URL", &url),
-                    ("SWITCHBOARD__ENGINE__PREFIX", &prefix),
-                    ("SWITCHBOARD__SERVER__NODE_ID", &n),
+                spawn_app(&[
+                    ("engine.kind", "redis"),
+                    ("engine.redis_url", &url),
+                    ("engine.prefix", &prefix),
+                    ("server.node_id", &n),
                 ])
             })
         })
         .collect();
-    let nodes: Vec<Server> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let nodes: Vec<App> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     for n in &nodes {
         ready(n).await;
     }
-    let applied: usize = nodes
-        .iter()
-        .map(|n| n.log().matches("migration applied").count())
-        .sum();
+    // Each application of a migration is recorded in Redis, with the node that applied it.
+    let applied = redis.list(&format!("{prefix}:migrations")).await;
     assert_eq!(
-        applied,
+        applied.len(),
         1,
-        "exactly one node applied the schema:\n{}",
-        nodes
+        "exactly one node applied the schema: {applied:?}"
+    );
+    assert!(
+        ["x", "y", "z"]
             .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+            .any(|n| applied[0].ends_with(&format!("node={n}"))),
+        "{applied:?}"
+    );
+    assert_eq!(
+        redis.get(&format!("{prefix}:schema")).await,
+        Some(SCHEMA_VERSION.to_string())
     );
     let mut c = nodes[2].client().await;
     c.subscribe("s").await;
@@ -284,41 +282,36 @@ async fn three_nodes_start_together_on_an_empty_redis() {
 async fn migrate_command_and_newer_schema_refusal() {
     let redis = Redis::start();
     let prefix = unique_prefix();
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(args)
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .env("SWITCHBOARD__ENGINE__KIND", "redis")
-            .env("SWITCHBOARD__ENGINE__REDIS_URL", redis.url())
-            .env("SWITCHBOARD__ENGINE__PREFIX", &prefix)
-            .current_dir(std::env::temp_dir())
-            .output()
-            .expect("run switchboard")
-    };
-    let first = run(&["migrate"]);
+    let url = redis.url();
+    let overrides = [
+        ("engine.kind", "redis"),
+        ("engine.redis_url", url.as_str()),
+        ("engine.prefix", prefix.as_str()),
+    ];
+    let migrations = format!("{prefix}:migrations");
+    let first = run_command(&["migrate"], &overrides);
     assert!(
         first.status.success(),
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stderr).contains("migration applied"));
-    let second = run(&["migrate"]);
+    assert_eq!(redis.list(&migrations).await.len(), 1, "applied");
+    let second = run_command(&["migrate"], &overrides);
     assert!(second.status.success());
-    assert!(
-        !String::from_utf8_lossy(&second.stderr).contains("migration applied"),
-        "applied once"
+    assert_eq!(redis.list(&migrations).await.len(), 1, "applied once");
+    assert_eq!(
+        redis.get(&format!("{prefix}:schema")).await,
+        Some(SCHEMA_VERSION.to_string())
     );
-    assert!(redis
-        .cmd(&["GET", &format!("{prefix}:schema")])
-        .contains('1'));
     // A schema from a newer release: the node refuses to start, naming both versions.
-    redis.cmd(&["SET", &format!("{prefix}:schema"), "999"]);
-    let refused = Server::try_start(&[
-        ("SWITCHBOARD__ENGINE__KIND", "redis"),
-        ("SWITCHBOARD__ENGINE__REDIS_URL", &redis.url()),
-        ("SWITCHBOARD__ENGINE__PREFIX", &prefix),
-    ]);
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}:schema"))
+        .arg(999)
+        .query_async(&mut redis.con().await)
+        .await
+        .expect("SET");
+    // Its refusal is only seen as an exit code and the message it prints.
+    let refused = common::try_spawn_app(&[], &overrides);
     let (code, log) = match refused {
         Ok(_) => panic!("started against a newer schema"),
         Err(e) => e,
@@ -327,36 +320,20 @@ async fn migrate_command_and_newer_schema_refusal() {
     assert!(log.contains("999"), "{log}");
 }
 
-/// Starts an in-process node through `Application` on port 0 (the cluster of one test
-/// process), returning its address.
-async fn app_node(
-    redis: &Redis,
-    prefix: &str,
-    name: &str,
-) -> (std::net::SocketAddr, switchboard::startup::Shutdown) {
-    let mut settings = switchboard::config::Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.node_id = name.into();
-    settings.server.workers = 1;
-    settings.server.broker_shards = 1;
-    settings.engine.kind = switchboard::config::EngineKind::Redis;
-    settings.engine.redis_url = redis.url();
-    settings.engine.prefix = prefix.into();
-    settings.api.keys = vec![KEY.into()];
-    settings.auth.hmac_secret = Some("cluster-secret".into());
-    settings.namespaces.insert(
-        "room".into(),
-        switchboard::config::NamespaceOverrides {
-            join_leave: Some(true),
-            ..Default::default()
-        },
-    );
-    let app = switchboard::startup::Application::build(settings)
-        .await
-        .expect("node builds");
-    let (addr, shutdown) = (app.addr(), app.shutdown_handle());
-    actix_web::rt::spawn(app.run_until_stopped());
-    (addr, shutdown)
+/// Starts an in-process node (the cluster of one test process).
+async fn app_node(redis: &Redis, prefix: &str, name: &str) -> App {
+    spawn_app_in_process(&[
+        ("server.workers", "1"),
+        ("server.broker_shards", "1"),
+        ("engine.kind", "redis"),
+        ("engine.redis_url", &redis.url()),
+        ("engine.prefix", prefix),
+        ("server.node_id", name),
+        ("api.keys", KEY),
+        ("auth.hmac_secret", "cluster-secret"),
+        ("namespaces.room.join_leave", "true"),
+    ])
+    .await
 }
 
 #[actix_web::test]
@@ -367,13 +344,10 @@ async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
     for name in ["p1", "p2", "p3"] {
         nodes.push(app_node(&redis, &prefix, name).await);
     }
-    for (addr, _) in &nodes {
-        eventually("in-process node ready", || async {
-            (common::http(*addr, "GET", "/readyz", &[], None).await.0 == 200).then_some(())
-        })
-        .await;
+    for n in &nodes {
+        n.wait_ready(200).await;
     }
-    let url = |i: usize| format!("ws://{}/ws", nodes[i].0);
+    let url = |i: usize| nodes[i].ws_url();
     let tok = common::token(
         "cluster-secret",
         json!({"sub":"ivy","exp":common::now()+60}),
@@ -397,16 +371,8 @@ async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
         );
         ivy.push(c);
     }
-    let (status, p) = common::http(
-        nodes[2].0,
-        "GET",
-        "/api/presence/room:1",
-        &[("Authorization", &format!("apikey {KEY}"))],
-        None,
-    )
-    .await;
+    let (status, p) = nodes[2].api("GET", "/api/presence/room:1", KEY, None).await;
     assert_eq!(status, 200);
-    let p: Value = serde_json::from_str(&p).unwrap();
     let mut seen_nodes: Vec<String> = p["clients"]
         .as_array()
         .unwrap()
@@ -416,27 +382,19 @@ async fn three_in_process_nodes_share_presence_join_leave_and_disconnect() {
     seen_nodes.sort();
     assert_eq!(seen_nodes, vec!["p1", "p1", "p2", "p3"], "{p}");
     // An operator disconnect from node 2 reaches ivy's sessions on every node.
-    let (status, r) = common::http(
-        nodes[1].0,
-        "POST",
-        "/api/disconnect",
-        &[("Authorization", &format!("apikey {KEY}"))],
-        Some(r#"{"user":"ivy"}"#),
-    )
-    .await;
+    let (status, r) = nodes[1]
+        .api("POST", "/api/disconnect", KEY, Some(json!({"user":"ivy"})))
+        .await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!(
-        serde_json::from_str::<Value>(&r).unwrap(),
-        json!({"disconnected": 3})
-    );
+    assert_eq!(r, json!({"disconnected": 3}));
     for c in ivy.iter_mut() {
         c.expect_disconnect(4003).await;
     }
     for _ in 0..3 {
         assert_eq!(watcher.recv_type("leave").await["info"]["user"], "ivy");
     }
-    for (_, shutdown) in &nodes {
-        shutdown.trigger();
+    for n in &nodes {
+        n.shutdown();
     }
 }
 

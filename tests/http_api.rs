@@ -3,19 +3,19 @@
 
 mod common;
 
-use common::{now, token, Server};
+use common::{eventually, now, spawn_app, token, App};
 use serde_json::json;
 
 const KEY: &str = "k-api";
 const SECRET: &str = "api-secret";
 
-fn server() -> Server {
-    Server::start(&[
-        ("SWITCHBOARD__API__KEYS", "other-key,k-api"),
-        ("SWITCHBOARD__AUTH__HMAC_SECRET", SECRET),
-        ("SWITCHBOARD__LIMITS__MAX_MESSAGE_SIZE", "1024"),
-        ("SWITCHBOARD__NAMESPACES__QUIET__PRESENCE", "false"),
-        ("SWITCHBOARD__NAMESPACES__QUIET__HISTORY_SIZE", "0"),
+fn server() -> App {
+    spawn_app(&[
+        ("api.keys", "other-key,k-api"),
+        ("auth.hmac_secret", SECRET),
+        ("limits.max_message_size", "1024"),
+        ("namespaces.quiet.presence", "false"),
+        ("namespaces.quiet.history_size", "0"),
     ])
 }
 
@@ -39,7 +39,7 @@ async fn api_keys_are_required() {
     let (status, _) = s.api("GET", "/api/channels", "other-key", None).await;
     assert_eq!(status, 200);
     // With no keys configured, every call is refused.
-    let open = Server::start(&[]);
+    let open = spawn_app(&[]);
     let (status, body) = open.api("GET", "/api/channels", "", None).await;
     assert_eq!(status, 401, "{body}");
 }
@@ -178,13 +178,17 @@ async fn channels_presence_and_history() {
         (404, Some("not_available"))
     );
     for i in 1..=4 {
-        s.api(
-            "POST",
-            "/api/publish",
-            KEY,
-            Some(json!({"channel":"room","data":i})),
-        )
-        .await;
+        let (status, r) = s
+            .api(
+                "POST",
+                "/api/publish",
+                KEY,
+                Some(json!({"channel":"room","data":i})),
+            )
+            .await;
+        assert_eq!((status, r["offset"].as_u64()), (200, Some(i)), "{r}");
+        assert_eq!(a.recv().await["data"], i, "a subscriber gets it");
+        assert_eq!(b.recv().await["data"], i, "a subscriber gets it");
     }
     let (_, r) = s.api("GET", "/api/history/room?limit=2", KEY, None).await;
     assert_eq!(r["offset"], 4);
@@ -213,8 +217,23 @@ async fn channels_presence_and_history() {
     assert_eq!(status, 404);
     let (status, _) = s.api("GET", "/api/nothing-here", KEY, None).await;
     assert_eq!(status, 404);
+    // A client that goes away leaves the channels and the presence it was in; the other
+    // stays, with nothing queued for it but its own reply.
     b.close().await;
-    a.call(json!({"type":"ping"})).await;
+    eventually("b gone from the channel counts", || async {
+        let (_, r) = s.api("GET", "/api/channels", KEY, None).await;
+        (r["channels"] == json!([{"channel":"room","subscribers":1}])).then_some(())
+    })
+    .await;
+    eventually("b gone from presence", || async {
+        let (_, r) = s.api("GET", "/api/presence/room", KEY, None).await;
+        (r["clients"] == json!([{"client":a.id(),"user":"zoe","node":node}])).then_some(())
+    })
+    .await;
+    assert_eq!(
+        a.call(json!({"type":"ping","id":"last"})).await,
+        json!({"type":"pong","id":"last"})
+    );
 }
 
 #[tokio::test]
@@ -252,7 +271,7 @@ async fn operator_endpoints() {
     assert_eq!(status, 200);
     let mut c = s.client().await;
     c.send_text("garbage").await;
-    c.recv().await;
+    assert_eq!(c.recv().await["code"], "bad_request");
     let (status, body) = s.http("GET", "/metrics", &[], None).await;
     assert_eq!(status, 200);
     for name in [

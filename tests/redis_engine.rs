@@ -1,14 +1,14 @@
 //! The engine contract, run against both engines through one conformance suite, plus what
 //! only the Redis engine does: migrations under a lock, refusing a newer schema, surviving a
 //! Redis that restarts empty, gap filling from history, and cluster-wide presence, counts
-//! and disconnects between several engines ("nodes") in one process.
+//! and disconnects between several engines ("nodes") in one process, and two in-process
+//! applications delivering to each other.
 //!
 //! Every test starts its own `redis-server` on a free port with a unique key prefix, and
 //! waits on events by bounded polling, never on a fixed sleep.
 
-use std::future::Future;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
+use common::{eventually, spawn_app_in_process, unique_prefix, wait_until, App, Redis};
 use switchboard::channel::ChannelName;
 use switchboard::config::{HumanDuration, NamespaceOptions, Settings};
 use switchboard::engine::memory::MemoryEngine;
@@ -26,99 +27,7 @@ use switchboard::engine::redis::{
 use switchboard::engine::{Engine, EngineError, EngineHandler};
 use switchboard::protocol::{ClientInfo, StreamPosition};
 
-/// Longest any awaited event may take.
-const WAIT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------
-// A private redis-server per test.
-
-/// A `redis-server` child on its own port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let mut s = RedisServer {
-            port: free_port(),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for these tests");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while !self.answers_ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn answers_ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kills the server and starts an empty one on the same port.
-    fn restart_empty(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn con(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("test connection")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn prefix() -> String {
-    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
-fn options(redis: &RedisServer, prefix: &str, node: &str) -> RedisOptions {
+fn options(redis: &Redis, prefix: &str, node: &str) -> RedisOptions {
     let mut settings = Settings::default();
     settings.engine.redis_url = redis.url();
     settings.engine.prefix = prefix.to_string();
@@ -134,36 +43,16 @@ fn options(redis: &RedisServer, prefix: &str, node: &str) -> RedisOptions {
     o
 }
 
-async fn redis_engine(redis: &RedisServer, prefix: &str, node: &str) -> Arc<RedisEngine> {
+async fn redis_engine(redis: &Redis, prefix: &str, node: &str) -> Arc<RedisEngine> {
     let e = RedisEngine::start(options(redis, prefix, node))
         .await
         .expect("engine starts");
-    wait_for("engine ready", || e.is_ready()).await;
+    wait_until("engine ready", || e.is_ready()).await;
     e
 }
 
 // ---------------------------------------------------------------------------------------
 // Helpers.
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_for_async<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).expect("valid channel")
@@ -267,7 +156,7 @@ impl EngineHandler for Recorder {
 async fn conformance(engine: Arc<dyn Engine>) {
     let rec = Arc::new(Recorder::default());
     engine.set_handler(rec.clone());
-    wait_for("engine ready", || engine.is_ready()).await;
+    wait_until("engine ready", || engine.is_ready()).await;
     let ns10 = ns(10);
 
     // Publish assigns 1, 2, 3 in one epoch.
@@ -439,7 +328,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
             .expect("publish");
         live_epoch = r.epoch.to_string();
     }
-    wait_for("20 live publications", || rec.of("conf:live").len() >= 20).await;
+    wait_until("20 live publications", || rec.of("conf:live").len() >= 20).await;
     let got = rec.of("conf:live");
     assert_eq!(
         got.iter().map(|g| g.offset).collect::<Vec<_>>(),
@@ -457,7 +346,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
         .push(&live, ByteString::from(frame))
         .await
         .expect("push");
-    wait_for("push", || !rec.pushes.lock().is_empty()).await;
+    wait_until("push", || !rec.pushes.lock().is_empty()).await;
     assert_eq!(
         rec.pushes.lock()[0],
         ("conf:live".to_string(), frame.to_string())
@@ -498,8 +387,8 @@ async fn conformance_memory() {
 
 #[tokio::test]
 async fn conformance_redis() {
-    let redis = RedisServer::start();
-    let engine = redis_engine(&redis, &prefix(), "node-a").await;
+    let redis = Redis::start();
+    let engine = redis_engine(&redis, &unique_prefix(), "node-a").await;
     conformance(engine).await;
 }
 
@@ -508,8 +397,8 @@ async fn conformance_redis() {
 
 #[tokio::test]
 async fn three_nodes_starting_together_migrate_once() {
-    let redis = RedisServer::start();
-    let p = prefix();
+    let redis = Redis::start();
+    let p = unique_prefix();
     let (a, b, c) = tokio::join!(
         RedisEngine::start(options(&redis, &p, "n1")),
         RedisEngine::start(options(&redis, &p, "n2")),
@@ -517,7 +406,7 @@ async fn three_nodes_starting_together_migrate_once() {
     );
     let nodes = [a.expect("n1"), b.expect("n2"), c.expect("n3")];
     for n in &nodes {
-        wait_for("ready", || n.is_ready()).await;
+        wait_until("ready", || n.is_ready()).await;
     }
     let mut con = redis.con().await;
     let schema: String = redis::cmd("GET")
@@ -552,8 +441,8 @@ async fn three_nodes_starting_together_migrate_once() {
 
 #[tokio::test]
 async fn newer_schema_refuses_start() {
-    let redis = RedisServer::start();
-    let p = prefix();
+    let redis = Redis::start();
+    let p = unique_prefix();
     let mut con = redis.con().await;
     let _: () = redis::cmd("SET")
         .arg(format!("{p}:schema"))
@@ -584,8 +473,8 @@ async fn newer_schema_refuses_start() {
 
 #[tokio::test]
 async fn unreachable_redis_starts_not_ready_then_connects() {
-    let mut redis = RedisServer::start();
-    let p = prefix();
+    let mut redis = Redis::start();
+    let p = unique_prefix();
     redis.kill();
     let engine = RedisEngine::start(options(&redis, &p, "n1"))
         .await
@@ -598,8 +487,8 @@ async fn unreachable_redis_starts_not_ready_then_connects() {
         .expect_err("unavailable");
     assert!(matches!(err, EngineError::Unavailable(_)));
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
-    redis.spawn();
-    wait_for("ready after redis appears", || engine.is_ready()).await;
+    redis.start_again();
+    wait_until("ready after redis appears", || engine.is_ready()).await;
     let r = engine
         .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
         .await
@@ -609,8 +498,8 @@ async fn unreachable_redis_starts_not_ready_then_connects() {
 
 #[tokio::test]
 async fn redis_restarted_empty_recovers_with_a_new_epoch() {
-    let mut redis = RedisServer::start();
-    let p = prefix();
+    let mut redis = Redis::start();
+    let p = unique_prefix();
     let engine = redis_engine(&redis, &p, "n1").await;
     let rec = Arc::new(Recorder::default());
     engine.set_handler(rec.clone());
@@ -624,10 +513,10 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
         .publish(&c, data(serde_json::json!(2)), None, &ns(10))
         .await
         .expect("publish");
-    wait_for("two publications", || rec.of("room").len() == 2).await;
+    wait_until("two publications", || rec.of("room").len() == 2).await;
 
     redis.kill();
-    wait_for("not ready", || !engine.is_ready()).await;
+    wait_until("not ready", || !engine.is_ready()).await;
     let started = Instant::now();
     let err = engine
         .publish(&c, data(serde_json::json!(3)), None, &ns(10))
@@ -635,15 +524,15 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
     assert!(matches!(err, Err(EngineError::Unavailable(_))), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
 
-    redis.restart_empty();
-    wait_for("ready again", || engine.is_ready()).await;
+    redis.restart();
+    wait_until("ready again", || engine.is_ready()).await;
     let again = engine
         .publish(&c, data(serde_json::json!(4)), None, &ns(10))
         .await
         .expect("publish");
     assert_eq!(again.offset, 1, "offsets restart");
     assert_ne!(again.epoch, first.epoch, "in a new epoch");
-    wait_for("publication after restart", || rec.of("room").len() == 3).await;
+    wait_until("publication after restart", || rec.of("room").len() == 3).await;
     let got = rec.of("room");
     assert_eq!((got[2].offset, got[2].epoch.as_str()), (1, &*again.epoch));
     // The node was told of the new epoch when it caught up, before that publication.
@@ -666,8 +555,8 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
 
 #[tokio::test]
 async fn function_flushed_is_reloaded_on_publish() {
-    let redis = RedisServer::start();
-    let engine = redis_engine(&redis, &prefix(), "n1").await;
+    let redis = Redis::start();
+    let engine = redis_engine(&redis, &unique_prefix(), "n1").await;
     let mut con = redis.con().await;
     let _: () = redis::cmd("FUNCTION")
         .arg("FLUSH")
@@ -683,8 +572,8 @@ async fn function_flushed_is_reloaded_on_publish() {
 
 #[tokio::test]
 async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
-    let redis = RedisServer::start();
-    let p = prefix();
+    let redis = Redis::start();
+    let p = unique_prefix();
     let a = redis_engine(&redis, &p, "na").await;
     let b = redis_engine(&redis, &p, "nb").await;
     let rec = Arc::new(Recorder::default());
@@ -695,7 +584,7 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
         .publish(&c, data(serde_json::json!(1)), None, &ns(10))
         .await
         .expect("publish");
-    wait_for("first", || rec.of("chat:gap").len() == 1).await;
+    wait_until("first", || rec.of("chat:gap").len() == 1).await;
 
     // Offsets 2 and 3 are assigned and stored but their pub/sub messages are lost.
     let mut con = redis.con().await;
@@ -705,7 +594,7 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
     a.publish(&c, data(serde_json::json!(4)), None, &ns(10))
         .await
         .expect("publish");
-    wait_for("gap filled", || rec.of("chat:gap").len() == 4).await;
+    wait_until("gap filled", || rec.of("chat:gap").len() == 4).await;
     let got = rec.of("chat:gap");
     assert_eq!(
         got.iter().map(|g| g.offset).collect::<Vec<_>>(),
@@ -717,8 +606,8 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
 
 #[tokio::test]
 async fn presence_counts_and_disconnects_span_nodes() {
-    let redis = RedisServer::start();
-    let p = prefix();
+    let redis = Redis::start();
+    let p = unique_prefix();
     let a = redis_engine(&redis, &p, "na").await;
     let b = redis_engine(&redis, &p, "nb").await;
     let (ra, rb) = (Recorder::with_sessions(2), Recorder::with_sessions(3));
@@ -732,12 +621,9 @@ async fn presence_counts_and_disconnects_span_nodes() {
 
     // Channel counts add up across live nodes.
     b.set_local_counts(vec![("x".into(), 3), ("y".into(), 1)]);
-    wait_for_async("b's counts", || {
-        let a = a.clone();
-        async move {
-            a.channels(vec![("x".into(), 2)]).await.ok()
-                == Some(vec![("x".to_string(), 5), ("y".to_string(), 1)])
-        }
+    eventually("b's counts", || async {
+        let counts = a.channels(vec![("x".into(), 2)]).await.ok();
+        (counts == Some(vec![("x".to_string(), 5), ("y".to_string(), 1)])).then_some(())
     })
     .await;
 
@@ -757,16 +643,14 @@ async fn presence_counts_and_disconnects_span_nodes() {
     assert_eq!(nodes, vec![("ca", "na"), ("cb", "nb")]);
     b.shutdown();
     drop(b);
-    wait_for_async("b's presence expires", || {
-        let a = a.clone();
-        let c = c.clone();
-        async move { a.presence(&c).await.map(|l| l.len()).ok() == Some(1) }
+    eventually("b's presence expires", || async {
+        (a.presence(&c).await.map(|l| l.len()).ok() == Some(1)).then_some(())
     })
     .await;
     // ...and so do its counts, while a's own entry is still refreshed.
-    wait_for_async("b's counts expire", || {
-        let a = a.clone();
-        async move { a.channels(vec![("x".into(), 2)]).await.ok() == Some(vec![("x".to_string(), 2)]) }
+    eventually("b's counts expire", || async {
+        let counts = a.channels(vec![("x".into(), 2)]).await.ok();
+        (counts == Some(vec![("x".to_string(), 2)])).then_some(())
     })
     .await;
     assert_eq!(a.presence(&c).await.expect("presence")[0].client, "ca");
@@ -774,8 +658,8 @@ async fn presence_counts_and_disconnects_span_nodes() {
 
 #[tokio::test]
 async fn subscription_resumes_after_restart_across_nodes() {
-    let mut redis = RedisServer::start();
-    let p = prefix();
+    let mut redis = Redis::start();
+    let p = unique_prefix();
     let a = redis_engine(&redis, &p, "na").await;
     let b = redis_engine(&redis, &p, "nb").await;
     let rec = Arc::new(Recorder::default());
@@ -785,21 +669,17 @@ async fn subscription_resumes_after_restart_across_nodes() {
     a.publish(&c, data(serde_json::json!(1)), None, &ns(10))
         .await
         .expect("publish");
-    wait_for("first", || rec.of("resume").len() == 1).await;
-    redis.restart_empty();
-    wait_for("both ready", || a.is_ready() && b.is_ready()).await;
+    wait_until("first", || rec.of("resume").len() == 1).await;
+    redis.restart();
+    wait_until("both ready", || a.is_ready() && b.is_ready()).await;
     // a may still hold its dead connection for one command; the caller would retry.
-    wait_for_async("publish works again", || {
-        let a = a.clone();
-        let c = c.clone();
-        async move {
-            a.publish(&c, data(serde_json::json!(2)), None, &ns(10))
-                .await
-                .is_ok()
-        }
+    eventually("publish works again", || async {
+        a.publish(&c, data(serde_json::json!(2)), None, &ns(10))
+            .await
+            .ok()
     })
     .await;
-    wait_for("publication in the new epoch", || {
+    wait_until("publication in the new epoch", || {
         rec.of("resume").len() >= 2
     })
     .await;
@@ -811,76 +691,31 @@ async fn subscription_resumes_after_restart_across_nodes() {
 // ---------------------------------------------------------------------------------------
 // Two real nodes (in-process applications) sharing one Redis.
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn start_node(
-    redis: &RedisServer,
-    prefix: &str,
-    node: &str,
-) -> (u16, switchboard::startup::Shutdown) {
-    let mut settings = Settings::default();
-    settings.server.bind = "127.0.0.1:0".into();
-    settings.server.node_id = node.into();
-    settings.server.workers = 1;
-    settings.server.broker_shards = 1;
-    settings.engine.kind = switchboard::config::EngineKind::Redis;
-    settings.engine.redis_url = redis.url();
-    settings.engine.prefix = prefix.into();
-    settings.api.keys = vec!["k".into()];
-    let app = switchboard::startup::Application::build(settings)
-        .await
-        .expect("node builds");
-    let (port, shutdown) = (app.port(), app.shutdown_handle());
-    actix_web::rt::spawn(app.run_until_stopped());
-    (port, shutdown)
-}
-
-async fn ws(port: u16) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-        .await
-        .expect("ws connects");
-    assert_eq!(next_frame(&mut ws).await["type"], "welcome");
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Json) {
-    use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::Text(
-        v.to_string().into(),
-    ))
+/// A node of its own in this process, on the Redis engine.
+async fn node(redis: &Redis, prefix: &str, node: &str) -> App {
+    spawn_app_in_process(&[
+        ("server.workers", "1"),
+        ("server.broker_shards", "1"),
+        ("server.node_id", node),
+        ("engine.kind", "redis"),
+        ("engine.redis_url", &redis.url()),
+        ("engine.prefix", prefix),
+        ("api.keys", "k"),
+    ])
     .await
-    .expect("send");
-}
-
-async fn next_frame(ws: &mut Ws) -> Json {
-    use futures_util::StreamExt;
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("frame");
-        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
-            return serde_json::from_str(&t).expect("json frame");
-        }
-    }
 }
 
 #[actix_web::test]
 async fn two_nodes_deliver_across_redis() {
-    let redis = RedisServer::start();
-    let p = prefix();
-    let (port1, stop1) = start_node(&redis, &p, "n1").await;
-    let (port2, stop2) = start_node(&redis, &p, "n2").await;
+    let redis = Redis::start();
+    let p = unique_prefix();
+    let n1 = node(&redis, &p, "n1").await;
+    let n2 = node(&redis, &p, "n2").await;
 
-    let mut sub = ws(port1).await;
-    send(
-        &mut sub,
-        serde_json::json!({"type":"subscribe","id":1,"channel":"chat:x"}),
-    )
-    .await;
-    let r = next_frame(&mut sub).await;
+    let mut sub = n1.client().await;
+    let r = sub
+        .call(serde_json::json!({"type":"subscribe","id":1,"channel":"chat:x"}))
+        .await;
     assert_eq!(
         (r["type"].as_str(), r["offset"].as_u64()),
         (Some("subscribed"), Some(0)),
@@ -888,14 +723,11 @@ async fn two_nodes_deliver_across_redis() {
     );
     let epoch = r["epoch"].as_str().expect("epoch").to_string();
 
-    let mut publisher = ws(port2).await;
+    let mut publisher = n2.client().await;
     for i in 1..=5 {
-        send(
-            &mut publisher,
-            serde_json::json!({"type":"publish","id":i,"channel":"chat:x","data":{"i":i}}),
-        )
-        .await;
-        let r = next_frame(&mut publisher).await;
+        let r = publisher
+            .call(serde_json::json!({"type":"publish","id":i,"channel":"chat:x","data":{"i":i}}))
+            .await;
         assert_eq!(
             (r["type"].as_str(), r["offset"].as_u64()),
             (Some("published"), Some(i)),
@@ -908,7 +740,7 @@ async fn two_nodes_deliver_across_redis() {
         );
     }
     for i in 1..=5u64 {
-        let m = next_frame(&mut sub).await;
+        let m = sub.recv().await;
         assert_eq!(m["type"], "message", "{m}");
         assert_eq!(
             (m["offset"].as_u64(), m["data"]["i"].as_u64()),
@@ -918,9 +750,10 @@ async fn two_nodes_deliver_across_redis() {
     }
 
     // Recovery on the other node, from offset 2.
-    let mut late = ws(port2).await;
-    send(&mut late, serde_json::json!({"type":"subscribe","id":9,"channel":"chat:x","since":{"offset":2,"epoch":epoch}})).await;
-    let r = next_frame(&mut late).await;
+    let mut late = n2.client().await;
+    let r = late
+        .call(serde_json::json!({"type":"subscribe","id":9,"channel":"chat:x","since":{"offset":2,"epoch":epoch}}))
+        .await;
     assert_eq!(r["recovered"], true, "{r}");
     assert_eq!(
         r["publications"].as_array().map(|a| a.len()),
@@ -928,27 +761,36 @@ async fn two_nodes_deliver_across_redis() {
         "{r}"
     );
 
-    stop1.trigger();
-    stop2.trigger();
+    n1.shutdown();
+    n2.shutdown();
 }
 
 #[tokio::test]
 async fn reconnect_catches_up_from_history() {
-    let redis = RedisServer::start();
-    let p = prefix();
+    let redis = Redis::start();
+    let p = unique_prefix();
     let b = redis_engine(&redis, &p, "nb").await;
     let rec = Arc::new(Recorder::default());
     b.set_handler(rec.clone());
     let c = ch("catchup");
+    let live = format!("{p}:ch:{{catchup}}");
     b.subscribe_node(&c).await.expect("subscribe");
     b.publish(&c, data(serde_json::json!(1)), None, &ns(10))
         .await
         .expect("publish");
-    wait_for("first", || rec.of("catchup").len() == 1).await;
+    wait_until("first", || rec.of("catchup").len() == 1).await;
 
-    // Cut the node's pub/sub connection; what is published right after is not delivered
-    // to it by Redis, and must come from history once it is back.
+    // Keep the node from coming back, then cut its pub/sub connection: Redis now asks new
+    // connections for a password, which the node does not have (connections already open,
+    // like the test's own and the node's command connection, stay in).
     let mut con = redis.con().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("catch-up-gap")
+        .query_async(&mut con)
+        .await
+        .expect("set a password");
     let _: redis::Value = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -956,17 +798,55 @@ async fn reconnect_catches_up_from_history() {
         .query_async(&mut con)
         .await
         .expect("client kill");
+    wait_until("the node sees its subscription lost", || !b.is_ready()).await;
+    let listeners: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&live)
+        .query_async(&mut con)
+        .await
+        .expect("numsub");
+    assert_eq!(listeners.1, 0, "nobody hears the channel during the gap");
+
+    // Published during the gap, on the live channel as another node would: nobody hears
+    // them, so they can only reach the node from history.
     for i in 2..=4 {
-        raw_publish(&mut con, &p, "catchup", i, &format!("{p}:ch:{{catchup}}")).await;
+        raw_publish(&mut con, &p, "catchup", i, &live).await;
     }
-    wait_for("caught up", || rec.of("catchup").len() == 4).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("")
+        .query_async(&mut con)
+        .await
+        .expect("clear the password");
+    wait_until("ready again", || b.is_ready()).await;
+    wait_until("caught up", || rec.of("catchup").len() >= 4).await;
+    // Then live again: one more publication, after which nothing may have come twice.
+    b.publish(&c, data(serde_json::json!(5)), None, &ns(10))
+        .await
+        .expect("publish after the gap");
+    wait_until("live after the gap", || {
+        rec.of("catchup").iter().any(|g| g.offset == 5)
+    })
+    .await;
     let got = rec.of("catchup");
     assert_eq!(
         got.iter().map(|g| g.offset).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4]
+        vec![1, 2, 3, 4, 5],
+        "recovered in order, no gap, no duplicate"
     );
-    assert_eq!(got[3].frame["data"], 4);
-    wait_for("ready", || b.is_ready()).await;
+    assert_eq!(
+        got.iter()
+            .map(|g| g.frame["data"].clone())
+            .collect::<Vec<_>>(),
+        (1..=5).map(|i| serde_json::json!(i)).collect::<Vec<_>>()
+    );
+    assert!(got.iter().all(|g| g.epoch == got[0].epoch), "one epoch");
+    assert!(
+        rec.resets.lock().is_empty(),
+        "no new epoch: {:?}",
+        rec.resets.lock()
+    );
 }
 
 /// Publishes `{"data":i}` to `channel` by calling the server-side function directly, as a
