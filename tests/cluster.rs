@@ -316,8 +316,44 @@ async fn migrate_command_and_newer_schema_refusal() {
         Ok(_) => panic!("started against a newer schema"),
         Err(e) => e,
     };
-    assert_ne!(code, Some(0), "{log}");
+    // Exit code 3: a schema this build must not touch, not a configuration error (2).
+    assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("999"), "{log}");
+    let refused = run_command(&["migrate"], &overrides);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("999"));
+    assert_eq!(
+        redis.get(&format!("{prefix}:schema")).await,
+        Some("999".into()),
+        "left as found"
+    );
+}
+
+#[tokio::test]
+async fn migrate_exit_codes_tell_an_unreachable_redis_from_a_bad_url() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let out = run_command(
+        &["migrate"],
+        &[("engine.kind", "redis"), ("engine.redis_url", &url)],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(err.contains("cannot reach redis"), "{err}");
+    let out = run_command(
+        &["migrate"],
+        &[
+            ("engine.kind", "redis"),
+            ("engine.redis_url", "http://nope"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("engine.redis_url"), "{err}");
 }
 
 /// Starts an in-process node (the cluster of one test process).
