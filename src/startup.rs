@@ -61,12 +61,36 @@ fn tls_config(
     };
     let cert_pem = read(cert, "tls_cert")?;
     let key_pem = read(key, "tls_key")?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    // PEM through rustls' own pki-types (the same types `with_single_cert` takes); the
+    // rustls-pemfile crate is unmaintained (RUSTSEC-2025-0134).
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartupError::Config(format!("key `server.tls_cert`: {e}")))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| StartupError::Config(format!("key `server.tls_key`: {e}")))?
-        .ok_or_else(|| StartupError::Config("key `server.tls_key`: no private key found".into()))?;
+        .map_err(|e| {
+            StartupError::Config(format!(
+                "key `server.tls_cert`: {} is not valid PEM: {e}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(StartupError::Config(format!(
+            "key `server.tls_cert`: no certificate found in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        StartupError::Config(match e {
+            pem::Error::NoItemsFound => format!(
+                "key `server.tls_key`: no private key found in {}",
+                key.display()
+            ),
+            e => format!(
+                "key `server.tls_key`: {} is not valid PEM: {e}",
+                key.display()
+            ),
+        })
+    })?;
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))

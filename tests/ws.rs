@@ -817,7 +817,8 @@ async fn wss_with_tls_certificate() {
     assert!(s.log().contains("scheme=https"));
     let ca = std::fs::read(format!("{fixtures}/tls_ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
         roots.add(cert.unwrap()).unwrap();
     }
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
