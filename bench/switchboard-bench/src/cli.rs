@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::net::{resolve, Endpoint};
 use crate::Res;
 
+// Upper bounds on the flags: every run stays bounded in time, connections and traffic.
 pub const MAX_DURATION_S: f64 = 600.0;
 pub const MAX_CONNECTIONS: usize = 200_000;
 pub const MAX_SIZE: usize = 1 << 20;
