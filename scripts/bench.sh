@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks Switchboard against a NATS server's WebSocket listener and a minimal Node.js `ws`
-# server (bench/peers/node-ws), on loopback, with src/bin/switchboard-bench as load generator.
+# server (bench/peers/node-ws), on loopback, with the workspace crate bench/switchboard-bench as
+# load generator.
 #
 #   scripts/bench.sh            the default matrix (about 6 minutes); writes docs/benchmarks.md
 #   FULL=1 scripts/bench.sh     adds 50000 idle connections (needs a file limit above 50000)
@@ -40,11 +41,16 @@ PROBLEMS=$WORK/problems.txt
 log() { echo "bench: $*" >&2; }
 
 # --- build ------------------------------------------------------------------------------
+# Two builds, not one: built together, the packages' features unify (the load generator's
+# multi-threaded tokio), and the server would be a different build of the whole stack from
+# the one `cargo build` and the tests make.
 if [ "$PROFILE" = release ]; then
-  cargo build --release --bin switchboard --bin switchboard-bench
+  cargo build --release --bin switchboard
+  cargo build --release -p switchboard-bench
   BIN=$ROOT/target/release
 else
-  cargo build --bin switchboard --bin switchboard-bench
+  cargo build --bin switchboard
+  cargo build -p switchboard-bench
   BIN=$ROOT/target/debug
 fi
 BENCH=$BIN/switchboard-bench
@@ -466,7 +472,7 @@ Single runs, against a server you started (loopback only; add \`--server-pid PID
 and memory):
 
 \`\`\`sh
-cargo build --release --bin switchboard-bench
+cargo build --release -p switchboard-bench
 target/release/switchboard-bench fanout  --url ws://127.0.0.1:8080/ws --subscribers 1000 --channels 1 --size 64 --duration 10 --window 64
 target/release/switchboard-bench latency --url ws://127.0.0.1:8080/ws --subscribers 100 --rate 200 --duration 10
 target/release/switchboard-bench idle    --url ws://127.0.0.1:8080/ws --connections 10000 --subscribe

@@ -16,6 +16,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 cargo test --all-targets "$@"
+# The load generator's unit tests, built on their own so that its features (a multi-threaded
+# tokio) do not change the server's build.
+cargo test -p switchboard-bench
 
 # The same cluster topology as docker-compose.yml on loopback (redis-server, three nodes,
 # nginx), checked end to end through the load balancer, with the binary the tests built.

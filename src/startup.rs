@@ -51,12 +51,43 @@ fn tls_config(
     };
     let cert_pem = read(cert, "tls_cert")?;
     let key_pem = read(key, "tls_key")?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    // PEM through rustls' own pki-types (the same types `with_single_cert` takes); the
+    // rustls-pemfile crate is unmaintained (RUSTSEC-2025-0134).
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // pki-types prints the offending lines as byte arrays: show them as text.
+    let bad_pem = |what: &str, path: &std::path::Path, e: pem::Error| {
+        let why = match e {
+            pem::Error::MissingSectionEnd { end_marker } => {
+                let label = String::from_utf8_lossy(&end_marker);
+                format!("no \"-----END {label}-----\" line")
+            }
+            pem::Error::IllegalSectionStart { line } => {
+                format!("bad BEGIN line {:?}", String::from_utf8_lossy(&line))
+            }
+            e => e.to_string(),
+        };
+        StartupError::Config(format!(
+            "key `server.{what}`: {} is not valid PEM: {why}",
+            path.display()
+        ))
+    };
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StartupError::Config(format!("key `server.tls_cert`: {e}")))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| StartupError::Config(format!("key `server.tls_key`: {e}")))?
-        .ok_or_else(|| StartupError::Config("key `server.tls_key`: no private key found".into()))?;
+        .map_err(|e| bad_pem("tls_cert", cert, e))?;
+    if certs.is_empty() {
+        return Err(StartupError::Config(format!(
+            "key `server.tls_cert`: no certificate found in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => StartupError::Config(format!(
+            "key `server.tls_key`: no private key found in {}",
+            key.display()
+        )),
+        e => bad_pem("tls_key", key, e),
+    })?;
     rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))

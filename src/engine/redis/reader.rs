@@ -222,7 +222,7 @@ pub(super) async fn reader_task(
                 attempt = 0;
             }
             Err(why) => {
-                if attempt == 0 || attempt % 20 == 0 {
+                if attempt == 0 || attempt.is_multiple_of(20) {
                     log::warn!("redis not available node={}: {why}", inner.opts.node_id);
                 }
             }

@@ -1,0 +1,231 @@
+//! The command line: subcommands, their flags, and the bounds every run is checked against
+//! before it opens a connection (`main` parses, `load` and `idle` validate through here).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::net::{resolve, Endpoint};
+use crate::Res;
+
+// Upper bounds on the flags: every run stays bounded in time, connections and traffic.
+pub const MAX_DURATION_S: f64 = 600.0;
+pub const MAX_CONNECTIONS: usize = 200_000;
+pub const MAX_SIZE: usize = 1 << 20;
+pub const MIN_SIZE: usize = 32;
+pub const MAX_WINDOW: usize = 100_000;
+pub const MAX_RATE: f64 = 10_000_000.0;
+pub const MAX_PUBLISH: u64 = 1_000_000_000;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    about = "Bounded load generator for Switchboard, NATS-over-WebSocket and the node-ws peer"
+)]
+pub struct Cli {
+    /// Runtime threads for the load generator (1: a single-threaded runtime).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// One publisher as fast as its window allows; S subscribers over C channels.
+    Fanout(LoadArgs),
+    /// One publisher at a fixed rate; S subscribers over C channels.
+    Latency(LatencyArgs),
+    /// N idle connections (optionally each subscribed); server memory per connection.
+    Idle(IdleArgs),
+    /// Markdown tables from JSON lines written by earlier runs.
+    Table {
+        /// Files with one JSON object a line (other lines are skipped).
+        files: Vec<PathBuf>,
+        /// Label of the reference server for the ratio columns.
+        #[arg(long, default_value = "nats")]
+        reference: String,
+    },
+    /// The targets against the JSON lines of one run: a Markdown table.
+    Targets {
+        /// Files with one JSON object a line (other lines are skipped).
+        files: Vec<PathBuf>,
+        /// Label of the reference server the fan-out targets compare with.
+        #[arg(long, default_value = "nats")]
+        reference: String,
+        /// Label of the server under test.
+        #[arg(long, default_value = "switchboard")]
+        server: String,
+    },
+    /// One line per run that lost deliveries, dropped connections or failed.
+    Problems {
+        /// Files with one JSON object a line (other lines are skipped).
+        files: Vec<PathBuf>,
+    },
+    /// Print a free TCP port on 127.0.0.1.
+    FreePort,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Protocol {
+    /// Switchboard's JSON protocol (also spoken by the node-ws peer).
+    Switchboard,
+    /// The NATS text protocol over WebSocket.
+    Nats,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Switchboard => "switchboard",
+            Protocol::Nats => "nats",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Flow {
+    Reply,
+    Delivery,
+}
+
+#[derive(Args, Clone)]
+pub struct TargetArgs {
+    /// WebSocket URL of the server; loopback only (`ws://127.0.0.1:PORT/ws`, `ws://[::1]:PORT/`).
+    #[arg(long)]
+    pub url: String,
+    /// Wire protocol to speak.
+    #[arg(long, value_enum, default_value_t = Protocol::Switchboard)]
+    pub protocol: Protocol,
+    /// Name of the server under test in the report (default: the protocol name).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Server process to sample (CPU time from /proc/PID/stat, VmRSS from /proc/PID/status).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// CPU the server is pinned to: reports how much of that core other processes used during
+    /// the run (from /proc/stat), to tell a noisy measurement.
+    #[arg(long)]
+    pub server_cpu: Option<usize>,
+    /// Seconds allowed to open and subscribe every connection.
+    #[arg(long, default_value_t = 60.0)]
+    pub setup_timeout: f64,
+    /// WebSocket handshakes in progress at once.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Channels the subscribers are spread over (round robin); the publisher cycles over them.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Payload bytes per publication.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Publications sent and not yet answered (switchboard: `published` replies; NATS: PONGs).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// What the window bounds. `reply`: publications not yet answered by the server.
+    /// `delivery`: that, and also deliveries not yet received by the subscribers (at most
+    /// W publications' worth), so a server that answers before it has fanned out cannot be
+    /// flooded past what it delivers.
+    #[arg(long, value_enum, default_value_t = Flow::Delivery)]
+    pub flow: Flow,
+    /// Seconds to wait after publishing for the last deliveries.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Upper bound on publications in the run.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub max_publish: u64,
+    /// Exit with status 1 when a delivery is lost, a subscriber is dropped, or nothing arrives.
+    #[arg(long)]
+    pub strict: bool,
+    /// Comma separated URLs the subscribers connect to, round robin (nodes of one cluster);
+    /// the publisher stays on `--url`. Default: `--url`.
+    #[arg(long)]
+    pub sub_urls: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Publications per second (deliveries per second = rate x subscribers per channel).
+    #[arg(long)]
+    pub rate: f64,
+}
+
+#[derive(Args, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Each connection subscribes to a channel of its own.
+    #[arg(long)]
+    pub subscribe: bool,
+    /// Seconds to wait, once every connection is ready, before sampling the server.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Connections per local source address (127.0.0.1, 127.0.0.2, ...) past which the next
+    /// address is used, to stay clear of ephemeral port exhaustion.
+    #[arg(long, default_value_t = 20_000)]
+    pub per_source_ip: usize,
+    /// Exit with status 1 when a connection fails.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+pub fn check_target(t: &TargetArgs) -> Res<Endpoint> {
+    if !(t.setup_timeout > 0.0 && t.setup_timeout <= MAX_DURATION_S) {
+        return Err(format!("--setup-timeout must be in (0, {MAX_DURATION_S}]").into());
+    }
+    if t.connect_concurrency == 0 || t.connect_concurrency > 10_000 {
+        return Err("--connect-concurrency must be in 1..=10000".into());
+    }
+    resolve(&t.url)
+}
+
+pub fn validate_load(a: &LoadArgs, rate: Option<f64>) -> Res<()> {
+    if a.subscribers == 0 || a.subscribers > MAX_CONNECTIONS {
+        return Err(format!("--subscribers must be in 1..={MAX_CONNECTIONS}").into());
+    }
+    if a.channels == 0 || a.channels > a.subscribers {
+        return Err("--channels must be in 1..=subscribers".into());
+    }
+    if a.size < MIN_SIZE || a.size > MAX_SIZE {
+        return Err(format!("--size must be in {MIN_SIZE}..={MAX_SIZE}").into());
+    }
+    if !(a.duration > 0.0 && a.duration <= MAX_DURATION_S) {
+        return Err(format!("--duration must be in (0, {MAX_DURATION_S}]").into());
+    }
+    if !(a.drain >= 0.0 && a.drain <= 60.0) {
+        return Err("--drain must be in [0, 60]".into());
+    }
+    if a.window == 0 || a.window > MAX_WINDOW {
+        return Err(format!("--window must be in 1..={MAX_WINDOW}").into());
+    }
+    if a.max_publish == 0 || a.max_publish > MAX_PUBLISH {
+        return Err(format!("--max-publish must be in 1..={MAX_PUBLISH}").into());
+    }
+    if let Some(r) = rate {
+        if !(r > 0.0 && r <= MAX_RATE) {
+            return Err(format!("--rate must be in (0, {MAX_RATE}]").into());
+        }
+    }
+    Ok(())
+}
+
+pub fn label(t: &TargetArgs) -> String {
+    t.label.clone().unwrap_or_else(|| t.protocol.name().into())
+}

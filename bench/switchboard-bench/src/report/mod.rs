@@ -1,0 +1,124 @@
+//! Results: the units of the JSON record each run writes (`load`, `idle`), and reading those
+//! records back (`read_rows`, the formatting and case names the Markdown of `tables` and
+//! `targets` share).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::Res;
+
+mod tables;
+mod targets;
+
+pub use tables::{problems, table};
+pub use targets::targets;
+
+pub fn ms(ns: Option<u64>) -> Value {
+    match ns {
+        Some(v) => json!((v as f64 / 1e6 * 1000.0).round() / 1000.0),
+        None => Value::Null,
+    }
+}
+
+pub fn fmt_ms(ns: Option<u64>) -> String {
+    match ns {
+        Some(v) => format!("{:.3} ms", v as f64 / 1e6),
+        None => "-".into(),
+    }
+}
+
+pub fn round(v: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
+}
+
+pub fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+pub fn lat(v: &Value, q: &str) -> Option<f64> {
+    v.get("latency_ms")
+        .and_then(|l| l.get(q))
+        .and_then(Value::as_f64)
+}
+
+pub fn fmt_rate(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 1e6 => format!("{:.2} M", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.0} k", v / 1e3),
+        Some(v) if v >= 1e3 => format!("{:.1} k", v / 1e3),
+        Some(v) => format!("{v:.0}"),
+        None => "-".into(),
+    }
+}
+
+pub fn fmt_lat(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    }
+}
+
+pub fn fmt_ratio(v: Option<f64>, r: Option<f64>) -> String {
+    match (v, r) {
+        (Some(v), Some(r)) if r > 0.0 => format!("{:.2}×", v / r),
+        _ => "-".into(),
+    }
+}
+
+pub fn fmt_pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}%")).unwrap_or_else(|| "-".into())
+}
+
+pub fn case_key(v: &Value) -> String {
+    let mode = v.get("mode").and_then(Value::as_str).unwrap_or("");
+    let g = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    match mode {
+        "idle" => format!(
+            "{} connections{}",
+            g("connections"),
+            if v.get("subscribe").and_then(Value::as_bool) == Some(true) {
+                ", each subscribed"
+            } else {
+                ""
+            }
+        ),
+        _ => {
+            let chans = if g("channels") == 1 {
+                "1 channel".to_string()
+            } else {
+                format!("{} channels", g("channels"))
+            };
+            let mut s = format!("{} subs, {chans}, {} B", g("subscribers"), g("size"));
+            if v.get("flow").and_then(Value::as_str) == Some("reply") {
+                s.push_str(", reply-paced");
+            }
+
+            if let Some(r) = num(v, "rate") {
+                let per_channel = g("subscribers") as f64 / g("channels").max(1) as f64;
+                let _ = write!(s, " @ {} deliveries/s", fmt_rate(Some(r * per_channel)));
+            }
+            s
+        }
+    }
+}
+
+pub fn read_rows(files: &[PathBuf]) -> Res<Vec<Value>> {
+    let mut rows: Vec<Value> = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('{') {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    rows.push(v);
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
