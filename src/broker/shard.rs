@@ -21,9 +21,13 @@ use crate::outbox::{SessionControl, WsFrame};
 use crate::protocol::{error_frame, ErrorCode, ServerFrame};
 use crate::FastMap;
 
+/// One local subscriber of one channel.
 struct Subscriber {
+    /// How to reach its session.
     session: Arc<SessionHandle>,
+    /// The session's id for this subscription (a resubscribe gets a new one).
     sub_id: u64,
+    /// The channel's namespace options, as resolved when it subscribed.
     ns: NamespaceOptions,
     /// `Some` while joining (see [`Joining`]); `None` once live.
     joining: Option<Box<Joining>>,
@@ -61,8 +65,11 @@ enum NodeState {
     Unsubscribing,
 }
 
+/// One channel of the shard.
 struct ChannelEntry {
+    /// Local subscribers by client id.
     subscribers: FastMap<Arc<str>, Subscriber>,
+    /// The node's own engine subscription.
     node: NodeState,
     /// Clients waiting for the node subscription before reading history.
     waiting: Vec<Arc<str>>,
