@@ -35,6 +35,12 @@ pub enum SessionControl {
         /// The `error` frame to send.
         frame: ByteString,
     },
+    /// The broker queued the `subscribed` reply of this subscription: the session's next
+    /// command may run.
+    Subscribed {
+        /// The subscription.
+        sub_id: u64,
+    },
     /// Close the connection with this code (slow consumer, operator disconnect, shutdown).
     Close(CloseCode),
 }
@@ -99,6 +105,8 @@ impl WsFrame {
 pub struct Outbox {
     pending: AtomicUsize,
     slow: AtomicBool,
+    /// `Queue::closed`, readable without the lock (the response body asks on every poll).
+    closed: AtomicBool,
     limit: usize,
     queue: Mutex<Queue>,
     waker: AtomicWaker,
@@ -108,6 +116,11 @@ pub struct Outbox {
     last_write_ms: AtomicU64,
     pressure: Arc<Pressure>,
 }
+
+/// The id under which the session's own frames (replies, pushes of its own, `disconnect`)
+/// are queued: never a subscription's (those start at 1), so leaving a channel never drops
+/// them, and they are written even once deliveries are refused.
+pub const SESSION: u64 = 0;
 
 /// How long a publishing session may wait, per publication, for subscribers of the channel
 /// that are behind (the broker's `pace`).
@@ -213,6 +226,7 @@ impl Outbox {
         Outbox {
             pending: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             limit,
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
@@ -260,6 +274,14 @@ impl Outbox {
         }
     }
 
+    /// Queues one of the session's own frames, after everything queued before it, so
+    /// replies and deliveries reach the client in the order they were queued. Counted like
+    /// a `subscribed` reply: a session that already had more than the limit queued (it
+    /// sends commands but does not read) is slow.
+    pub fn offer_session(&self, frame: WsFrame) -> Offer {
+        self.offer_reply(SESSION, frame)
+    }
+
     /// Queues a counted frame; a frame refused (subscription left, session closed) is
     /// uncounted again.
     fn enqueue(&self, sub_id: u64, frame: WsFrame) {
@@ -287,7 +309,7 @@ impl Outbox {
     fn push(&self, sub_id: u64, frame: WsFrame) -> bool {
         let was_empty = {
             let mut q = self.queue.lock();
-            if q.closed || !q.subs.is_current(sub_id) {
+            if q.closed || (sub_id != SESSION && !q.subs.is_current(sub_id)) {
                 return false;
             }
             q.frames.push_back((sub_id, frame));
@@ -343,24 +365,43 @@ impl Outbox {
     }
 
     /// The session wrote its Close frame: drops what is queued and refuses the rest.
+    ///
+    /// The session's own frames already queued (replies, the `disconnect` push) stay, so
+    /// they are written before the Close frame, as the session sent them.
     pub fn close(&self) {
         let dropped = {
             let mut q = self.queue.lock();
             q.closed = true;
-            q.frames.drain(..).map(|(_, f)| f.len()).sum()
+            self.closed.store(true, Ordering::Release);
+            let mut dropped = 0;
+            q.frames.retain(|(id, f)| {
+                let keep = *id == SESSION;
+                if !keep {
+                    dropped += f.len();
+                }
+                keep
+            });
+            dropped
         };
         self.uncount(dropped);
     }
 
+    /// True once the session closed: the response body then writes what is left here
+    /// before the actor's Close frame.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// For the session's response body: everything queued, as one chunk ready to write
     /// (`spare` keeps its capacity between calls), or `Pending` with the waker registered.
-    /// A slow or closed session's frames are dropped instead.
+    /// A slow or closed session's deliveries are dropped instead; its own frames (replies,
+    /// `disconnect`) are still written.
     pub fn poll_drain(
         &self,
         spare: &mut VecDeque<(u64, WsFrame)>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<bytes::Bytes> {
-        let write = {
+        let deliver = {
             let mut q = self.queue.lock();
             if q.frames.is_empty() {
                 // Registered under the lock: a push after this sees the waker.
@@ -369,22 +410,23 @@ impl Outbox {
             }
             std::mem::swap(&mut q.frames, spare);
             !q.closed
-        };
+        } && !self.is_slow();
         let total: usize = spare.iter().map(|(_, f)| f.len()).sum();
-        let mut chunk = bytes::BytesMut::new();
-        if write && !self.is_slow() {
-            chunk.reserve(total);
-            for (_, f) in spare.iter() {
+        let mut chunk = bytes::BytesMut::with_capacity(total);
+        for (id, f) in spare.iter() {
+            if deliver || *id == SESSION {
                 chunk.extend_from_slice(f.bytes());
             }
         }
         spare.clear();
-        if chunk.is_empty() {
-            self.uncount(total);
-            // Dropped (slow or closed): nothing to write, and nothing more will come.
+        let written = chunk.len();
+        self.uncount(total - written);
+        if written == 0 {
+            // All dropped (slow or closed): poll again, with the waker registered.
+            cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.release(total);
+        self.release(written);
         Poll::Ready(chunk.freeze())
     }
 

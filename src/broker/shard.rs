@@ -419,6 +419,11 @@ impl Handler<JoinReady> for BrokerShard {
         let merged = merge(&msg.channel, *joining, &history);
         sub.session
             .send_reply(sub.sub_id, merged.reply, &self.metrics);
+        // `subscribed` is queued: the session's next command may run (a publish it sends
+        // now reaches this subscriber live, after the buffered ones below).
+        sub.session
+            .control
+            .do_send(SessionControl::Subscribed { sub_id: sub.sub_id });
         let ok = !sub.session.outbox.is_slow()
             && merged
                 .then

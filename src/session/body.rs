@@ -1,7 +1,7 @@
-//! The response body of a WebSocket connection: what the session actor writes (replies,
-//! pings, the Close frame), and between those the deliveries waiting in the session's
-//! outbox, already framed by the broker, copied into the connection in one chunk per batch
-//! without waking the actor.
+//! The response body of a WebSocket connection: the session's outbox (its replies and the
+//! deliveries, in one queue, so they reach the client in the order they were queued),
+//! copied into the connection in one chunk per batch without waking the actor, and
+//! between those the actor's control frames (Ping, Pong, the Close frame).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ pub(super) struct SessionBody<S> {
     pub outbox: Arc<Outbox>,
     /// The drained queue, kept for its capacity.
     pub spare: VecDeque<(u64, WsFrame)>,
+    /// The actor's last output (its Close frame), held while the outbox empties.
+    pub held: Option<bytes::Bytes>,
 }
 
 impl<S> futures_util::Stream for SessionBody<S>
@@ -31,12 +33,33 @@ where
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = &mut *self;
-        match std::pin::Pin::new(&mut this.actor).poll_next(cx) {
-            Poll::Pending => {}
-            done_or_bytes => return done_or_bytes,
+        loop {
+            // Once the session closed, what its outbox still holds (its last replies and the
+            // `disconnect` push) goes before the actor's Close frame; nothing new enters it.
+            if this.outbox.is_closed() {
+                if let Poll::Ready(chunk) = this.outbox.poll_drain(&mut this.spare, cx) {
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+                if let Some(held) = this.held.take() {
+                    return Poll::Ready(Some(Ok(held)));
+                }
+                return std::pin::Pin::new(&mut this.actor).poll_next(cx);
+            }
+            // The actor writes only control frames (Ping, Pong, Close): it goes first, so a
+            // Pong is not held behind a long run of deliveries. When the actor closed the
+            // session while it was polled, its Close frame waits for the outbox's last.
+            match std::pin::Pin::new(&mut this.actor).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) if this.outbox.is_closed() => {
+                    this.held = Some(bytes);
+                    continue;
+                }
+                Poll::Pending => {}
+                done_or_bytes => return done_or_bytes,
+            }
+            return this
+                .outbox
+                .poll_drain(&mut this.spare, cx)
+                .map(|chunk| Some(Ok(chunk)));
         }
-        this.outbox
-            .poll_drain(&mut this.spare, cx)
-            .map(|chunk| Some(Ok(chunk)))
     }
 }

@@ -116,5 +116,6 @@ pub async fn ws_route(
         actor,
         outbox,
         spare: VecDeque::new(),
+        held: None,
     })
 }

@@ -16,8 +16,9 @@
 mod body;
 pub mod handshake;
 mod publish;
+mod queries;
+mod queue;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,20 +27,22 @@ use actix_http::ws::{CloseReason, Item, ProtocolError};
 use actix_web::web;
 use actix_web_actors::ws;
 use bytes::BytesMut;
+use bytestring::ByteString;
 
 use crate::auth::Identity;
 use crate::broker::{SessionHandle, Subscribe};
 use crate::channel::ChannelName;
 use crate::engine::EngineError;
 use crate::node::Node;
-use crate::outbox::{Outbox, SessionControl};
+use crate::outbox::{Offer, Outbox, SessionControl, WsFrame};
 use crate::protocol::{
     disconnect_frame, error_frame, parse_command, ClientInfo, CloseCode, Command, ErrorCode, Id,
     Request, ServerFrame, StreamPosition, SUBPROTOCOL,
 };
 use crate::registry::Slot;
 pub use handshake::ws_route;
-use publish::{PendingPublish, TokenBucket};
+use publish::TokenBucket;
+use queue::{CommandQueue, Queued};
 
 /// The session actor.
 pub struct Session {
@@ -55,9 +58,10 @@ pub struct Session {
     /// Malformed commands in a row.
     errors: u32,
     bucket: TokenBucket,
-    /// Publishes wait here so that one connection's publications keep their order.
-    publishes: VecDeque<PendingPublish>,
-    publishing: bool,
+    /// Commands wait here for their turn, so they take effect and are answered in order.
+    commands: CommandQueue,
+    /// The subscription whose `subscribed` reply (or failure) the queue waits for.
+    joining: Option<u64>,
     /// A fragmented text message being reassembled.
     fragment: Option<BytesMut>,
     expiry: Option<SpawnHandle>,
@@ -76,6 +80,12 @@ impl Session {
             user: Arc::from(identity.user()),
         };
         let limits = &node.settings.limits;
+        // One burst of publications at the rate limit may wait for the engine, and as many
+        // other commands as a connection may hold subscriptions.
+        let commands = CommandQueue::new(
+            limits.client_publish_rate as usize + limits.max_subscriptions_per_connection,
+            limits.client_publish_rate as usize,
+        );
         Session {
             outbox: Arc::new(Outbox::new(
                 limits.max_pending_bytes,
@@ -90,8 +100,8 @@ impl Session {
             last_heard: Instant::now(),
             next_sub: 1,
             errors: 0,
-            publishes: VecDeque::new(),
-            publishing: false,
+            commands,
+            joining: None,
             fragment: None,
             expiry: None,
             closed_with: None,
@@ -120,9 +130,10 @@ impl Session {
         }
         self.closed_with = Some(code.code());
         self.node.metrics.disconnected(code);
-        // The Close frame is the last thing written: no queued delivery may follow it.
-        self.outbox.close();
-        ctx.text(disconnect_frame(code));
+        // After the replies already queued, `disconnect`, then the Close frame; deliveries
+        // still queued are dropped (the outbox keeps the session's own frames).
+        self.outbox
+            .offer_session(WsFrame::text(&disconnect_frame(code)));
         self.close_raw(
             ctx,
             Some(CloseReason {
@@ -133,7 +144,7 @@ impl Session {
     }
 
     /// Closes without a `disconnect` push (RFC 6455 violations, the client's own Close):
-    /// the Close frame, with nothing queued after it.
+    /// the replies already queued, then the Close frame, and nothing after it.
     fn close_raw(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: Option<CloseReason>) {
         self.outbox.close();
         ctx.close(reason);
@@ -154,7 +165,68 @@ impl Session {
                 return;
             }
         }
-        ctx.text(error_frame(id, code, message));
+        self.send(ctx, error_frame(id, code, message));
+    }
+
+    /// Queues one of the session's own frames (a reply, `welcome`), in order with the
+    /// deliveries queued before it. A client that sends commands but does not read is a
+    /// slow consumer like one that does not read its deliveries.
+    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        if self.closed_with.is_some() {
+            return;
+        }
+        if let Offer::Slow { first: true } = self.outbox.offer_session(WsFrame::text(&frame)) {
+            self.node.metrics.slow_consumers.inc();
+            log::info!(
+                "slow consumer client={} pending={}",
+                self.client,
+                self.outbox.pending()
+            );
+            self.close(ctx, CloseCode::SlowConsumer);
+        }
+    }
+
+    /// Runs the commands that wait, in order, until one must wait for the engine or the
+    /// broker (it resumes the queue when it is done) or none is left.
+    fn pump(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        while self.closed_with.is_none() {
+            match self.commands.next() {
+                None => return,
+                Some(Queued::Refused(e)) => {
+                    // A command that parsed, refused for its rate, still resets the count
+                    // of malformed ones.
+                    if !e.code.counts_as_malformed() {
+                        self.errors = 0;
+                    }
+                    self.reply_error(ctx, e.id.as_ref(), e.code, &e.message);
+                }
+                Some(Queued::Command(request)) => {
+                    self.errors = 0;
+                    self.dispatch(request, ctx);
+                }
+            }
+        }
+    }
+
+    /// Holds the command queue while `fut` runs off the actor; then `then` answers with
+    /// its output and the next command runs.
+    fn hold_for<T: 'static>(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        fut: impl std::future::Future<Output = T> + 'static,
+        then: impl FnOnce(&mut Self, &mut ws::WebsocketContext<Self>, T) + 'static,
+    ) {
+        self.commands.hold();
+        ctx.spawn(fut.into_actor(self).map(move |out, act, ctx| {
+            then(act, ctx, out);
+            act.resume(ctx);
+        }));
+    }
+
+    /// The running command is done: the next one runs.
+    fn resume(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.commands.done();
+        self.pump(ctx);
     }
 
     fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -178,20 +250,35 @@ impl Session {
         }));
     }
 
+    /// A whole text message: parsed, and queued behind the commands before it. The
+    /// publish rate is measured as commands arrive, not as they run.
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match parse_command(text) {
-            Err(e) => self.reply_error(ctx, e.id.as_ref(), e.code, &e.message),
-            Ok(request) => {
-                self.errors = 0;
-                self.dispatch(request, ctx);
-            }
+        let item = match parse_command(text) {
+            Err(e) => Queued::Refused(e),
+            Ok(request) => self.admit(request),
+        };
+        if let Err(item) = self.commands.push(item) {
+            // Past the queue's bound the command is refused at once, ahead of the replies
+            // still due (docs/protocol.md, 2.1): memory stays bounded whatever is sent.
+            let id = match item {
+                Queued::Command(r) => r.id,
+                Queued::Refused(e) => e.id,
+            };
+            self.reply_error(
+                ctx,
+                id.as_ref(),
+                ErrorCode::RateLimited,
+                "too many commands waiting for their turn; this one was not run",
+            );
+            return;
         }
+        self.pump(ctx);
     }
 
     fn dispatch(&mut self, request: Request, ctx: &mut ws::WebsocketContext<Self>) {
         let Request { id, command } = request;
         match command {
-            Command::Ping => ctx.text(ServerFrame::Pong { id: id.as_ref() }.to_text()),
+            Command::Ping => self.send(ctx, ServerFrame::Pong { id: id.as_ref() }.to_text()),
             Command::Subscribe { channel, since } => self.subscribe(id, channel, since, ctx),
             Command::Unsubscribe { channel } => {
                 // Nothing of the channel after `unsubscribed`: the outbox drops what it
@@ -207,106 +294,20 @@ impl Session {
                 self.node
                     .broker
                     .unsubscribe(self.client.clone(), channel.clone());
-                ctx.text(
-                    ServerFrame::Unsubscribed {
-                        id: id.as_ref(),
-                        channel: channel.as_str(),
-                    }
-                    .to_text(),
-                );
+                let frame = ServerFrame::Unsubscribed {
+                    id: id.as_ref(),
+                    channel: channel.as_str(),
+                }
+                .to_text();
+                self.send(ctx, frame);
             }
             Command::Publish { channel, data } => self.publish(id, channel, data, ctx),
-            Command::Presence { channel } => {
-                let ns = self.node.namespaces.get(channel.namespace());
-                if !self.identity.can_subscribe(&channel, ns) {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::Forbidden,
-                        "presence of this channel is not allowed",
-                    );
-                }
-                if !ns.presence {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::NotAvailable,
-                        "presence is off in this namespace",
-                    );
-                }
-                let engine = self.node.engine.clone();
-                let fut = async move {
-                    let r = engine.presence(&channel).await;
-                    (channel, r)
-                };
-                ctx.spawn(
-                    fut.into_actor(self)
-                        .map(move |(channel, r), act, ctx| match r {
-                            Ok(list) => {
-                                let clients: Vec<ClientInfo> = list
-                                    .into_iter()
-                                    .map(|e| ClientInfo {
-                                        client: e.client.into(),
-                                        user: e.user.into(),
-                                    })
-                                    .collect();
-                                ctx.text(
-                                    ServerFrame::Presence {
-                                        id: id.as_ref(),
-                                        channel: channel.as_str(),
-                                        clients: &clients,
-                                    }
-                                    .to_text(),
-                                );
-                            }
-                            Err(e) => act.engine_error(ctx, id.as_ref(), &e),
-                        }),
-                );
-            }
+            Command::Presence { channel } => self.presence(id, channel, ctx),
             Command::History {
                 channel,
                 since,
                 limit,
-            } => {
-                let ns = self.node.namespaces.get(channel.namespace()).clone();
-                if !self.identity.can_subscribe(&channel, &ns) {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::Forbidden,
-                        "history of this channel is not allowed",
-                    );
-                }
-                if ns.history_size == 0 {
-                    return self.reply_error(
-                        ctx,
-                        id.as_ref(),
-                        ErrorCode::NotAvailable,
-                        "history is off in this namespace",
-                    );
-                }
-                let limit = limit.unwrap_or(ns.history_size).min(ns.history_size);
-                let engine = self.node.engine.clone();
-                let fut = async move {
-                    let r = engine.history(&channel, since.as_ref(), limit, &ns).await;
-                    (channel, r)
-                };
-                ctx.spawn(fut.into_actor(self).map(move |(channel, r), act, ctx| {
-                    match r {
-                        Ok(h) => ctx.text(
-                            ServerFrame::History {
-                                id: id.as_ref(),
-                                channel: channel.as_str(),
-                                offset: h.offset,
-                                epoch: &h.epoch,
-                                publications: &h.publications,
-                            }
-                            .to_text(),
-                        ),
-                        Err(e) => act.engine_error(ctx, id.as_ref(), &e),
-                    }
-                }));
-            }
+            } => self.history(id, channel, since, limit, ctx),
             Command::Refresh { token } => self.refresh(id, &token, ctx),
         }
     }
@@ -372,6 +373,18 @@ impl Session {
             since,
             ns,
         });
+        // The next command waits until the broker has queued `subscribed` (with what
+        // recovery found) or failed: a publish that follows is then delivered to it.
+        self.joining = Some(sub_id);
+        self.commands.hold();
+    }
+
+    /// The broker is done with subscription `sub_id` (answered or failed).
+    fn joined(&mut self, sub_id: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.joining == Some(sub_id) {
+            self.joining = None;
+            self.resume(ctx);
+        }
     }
 
     fn refresh(&mut self, id: Option<Id>, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -397,13 +410,12 @@ impl Session {
         let expires_at = claims.exp.unwrap_or(0);
         self.identity.claims = Some(claims);
         self.schedule_expiry(ctx);
-        ctx.text(
-            ServerFrame::Refreshed {
-                id: id.as_ref(),
-                expires_at,
-            }
-            .to_text(),
-        );
+        let frame = ServerFrame::Refreshed {
+            id: id.as_ref(),
+            expires_at,
+        }
+        .to_text();
+        self.send(ctx, frame);
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
@@ -456,16 +468,15 @@ impl Actor for Session {
             node.id
         );
         let heartbeat = &node.settings.heartbeat;
-        ctx.text(
-            ServerFrame::Welcome {
-                client: &self.client,
-                node: &node.id,
-                user: self.identity.user(),
-                heartbeat_ms: heartbeat.interval.0.as_millis() as u64,
-                protocol: SUBPROTOCOL,
-            }
-            .to_text(),
-        );
+        let welcome = ServerFrame::Welcome {
+            client: &self.client,
+            node: &node.id,
+            user: self.identity.user(),
+            heartbeat_ms: heartbeat.interval.0.as_millis() as u64,
+            protocol: SUBPROTOCOL,
+        }
+        .to_text();
+        self.send(ctx, welcome);
         let timeout = heartbeat.timeout.0;
         ctx.run_interval(heartbeat.interval.0, move |act, ctx| {
             if act.last_heard.elapsed() >= timeout {
@@ -502,10 +513,10 @@ impl Handler<SessionControl> for Session {
                 frame,
             } => {
                 self.outbox.unsubscribe(&channel, Some(sub_id));
-                if self.closed_with.is_none() {
-                    ctx.text(frame);
-                }
+                self.send(ctx, frame);
+                self.joined(sub_id, ctx);
             }
+            SessionControl::Subscribed { sub_id } => self.joined(sub_id, ctx),
         }
     }
 }

@@ -1,19 +1,18 @@
-//! Publishing from a WebSocket: the per-connection rate limit (a token bucket), and the
-//! queue that keeps one connection's publications in the order they were sent while the
-//! engine assigns their offsets, one at a time, each `published` reply paced by the
-//! broker's backpressure.
+//! Publishing from a WebSocket: the per-connection rate limit (a token bucket, applied as
+//! commands arrive), and the `publish` command, run in its turn of the session's command
+//! queue while the engine assigns the offset, its `published` reply paced by the broker's
+//! backpressure.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::prelude::*;
 use actix_web_actors::ws;
 use serde_json::value::RawValue;
 
+use super::queue::Queued;
 use super::Session;
 use crate::channel::ChannelName;
-use crate::config::NamespaceOptions;
-use crate::protocol::{ErrorCode, Id, ServerFrame};
+use crate::protocol::{Command, CommandError, ErrorCode, Id, Request, ServerFrame};
 
 /// A token bucket: `rate` tokens a second, holding at most `rate`. The clock is passed in,
 /// so tests drive it without sleeping.
@@ -47,16 +46,22 @@ impl TokenBucket {
     }
 }
 
-/// A publication waiting for its turn at the engine.
-pub(super) struct PendingPublish {
-    id: Option<Id>,
-    channel: ChannelName,
-    data: Arc<RawValue>,
-    ns: NamespaceOptions,
-}
-
 impl Session {
-    /// The `publish` command: permission, rate, then the queue.
+    /// A command as it arrives: a publication over `limits.client_publish_rate` is refused
+    /// now (the rate is the client's sending rate), though answered in its turn.
+    pub(super) fn admit(&mut self, request: Request) -> Queued {
+        if matches!(request.command, Command::Publish { .. }) && !self.bucket.take(Instant::now()) {
+            return Queued::Refused(CommandError {
+                id: request.id,
+                code: ErrorCode::RateLimited,
+                message: "publishing faster than limits.client_publish_rate".into(),
+            });
+        }
+        Queued::Command(request)
+    }
+
+    /// The `publish` command, in its turn: the engine assigns the offset while the queue
+    /// waits, so one connection's publications are published in the order they were sent.
     pub(super) fn publish(
         &mut self,
         id: Option<Id>,
@@ -73,78 +78,34 @@ impl Session {
                 "publishing to this channel is not allowed",
             );
         }
-        if !self.bucket.take(Instant::now()) {
-            return self.reply_error(
-                ctx,
-                id.as_ref(),
-                ErrorCode::RateLimited,
-                "publishing faster than limits.client_publish_rate",
-            );
-        }
-        // At most one burst (a second's worth at the rate limit) may wait for the
-        // engine: when it is not keeping up (Redis slow or away), refuse rather than
-        // hold an unbounded backlog of this connection's publications.
-        let max_queued = self.node.settings.limits.client_publish_rate as usize;
-        if self.publishes.len() >= max_queued {
-            return self.reply_error(
-                ctx,
-                id.as_ref(),
-                ErrorCode::Unavailable,
-                "too many publications waiting for the engine; nothing was published",
-            );
-        }
-        self.publishes.push_back(PendingPublish {
-            id,
-            channel,
-            data: Arc::from(data),
-            ns,
-        });
-        self.pump_publishes(ctx);
-    }
-
-    /// Starts the next queued publish when none is in flight, so one connection's
-    /// publications reach the engine in the order they were sent.
-    fn pump_publishes(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.publishing {
-            return;
-        }
-        let Some(p) = self.publishes.pop_front() else {
-            return;
-        };
-        self.publishing = true;
         let node = self.node.clone();
         let info = self.info.clone();
         let fut = async move {
             let r = node
                 .engine
-                .publish(&p.channel, p.data, Some(info), &p.ns)
+                .publish(&channel, Arc::from(data), Some(info), &ns)
                 .await;
-            // `published` (and this connection's next publication) waits while the
-            // channel's subscribers here are behind but reading: backpressure.
+            // `published` (and this connection's next command) waits while the channel's
+            // subscribers here are behind but reading: backpressure.
             if r.is_ok() {
-                node.broker.pace(&p.channel).await;
+                node.broker.pace(&channel).await;
             }
-            (p.id, p.channel, r)
+            (channel, r)
         };
-        ctx.spawn(fut.into_actor(self).map(|(id, channel, r), act, ctx| {
-            act.publishing = false;
-            match r {
-                Ok(res) => {
-                    act.node.metrics.publications.inc();
-                    ctx.text(
-                        ServerFrame::Published {
-                            id: id.as_ref(),
-                            channel: channel.as_str(),
-                            offset: res.offset,
-                            epoch: &res.epoch,
-                        }
-                        .to_text(),
-                    );
+        self.hold_for(ctx, fut, move |act, ctx, (channel, r)| match r {
+            Ok(res) => {
+                act.node.metrics.publications.inc();
+                let frame = ServerFrame::Published {
+                    id: id.as_ref(),
+                    channel: channel.as_str(),
+                    offset: res.offset,
+                    epoch: &res.epoch,
                 }
-                Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+                .to_text();
+                act.send(ctx, frame);
             }
-            act.pump_publishes(ctx);
-        }));
+            Err(e) => act.engine_error(ctx, id.as_ref(), &e),
+        });
     }
 }
 
