@@ -66,6 +66,26 @@ impl Redis {
         }
     }
 
+    /// Stops the server (SIGSTOP) without closing its connections: commands sent to it
+    /// wait, as they would for a Redis that is overloaded. [`Redis::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig}");
+    }
+
     /// Kills the server and starts an empty one on the same port.
     pub fn restart(&mut self) {
         self.kill();
