@@ -147,8 +147,10 @@ impl Client {
 
     /// The next frame or close, skipping pings.
     pub async fn next(&mut self) -> Event {
+        // One deadline for the whole wait: the server's Pings must not keep it alive.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("timed out waiting for a frame");
             match msg {
