@@ -137,7 +137,9 @@ impl RawWs {
             Ok(Ok(0)) => start.elapsed(),
             Ok(Ok(n)) => panic!("bytes after the Close: {:?}", &chunk[..n]),
             Ok(Err(e)) => panic!("the connection ended with an error, not an EOF: {e}"),
-            Err(_) => panic!("the server had not closed the connection {limit:?} after the close handshake"),
+            Err(_) => panic!(
+                "the server had not closed the connection {limit:?} after the close handshake"
+            ),
         }
     }
 }
@@ -183,13 +185,20 @@ async fn after_the_servers_close_and_the_clients_reply_the_server_closes_at_once
     let t = token(SECRET, json!({"sub":"carol","exp":now()+60}));
     let mut c = RawWs::connect(s.addr, &format!("?token={t}")).await;
     let (status, r) = s
-        .api("POST", "/api/disconnect", KEY, Some(json!({"user":"carol"})))
+        .api(
+            "POST",
+            "/api/disconnect",
+            KEY,
+            Some(json!({"user":"carol"})),
+        )
         .await;
     assert_eq!((status, r.clone()), (200, json!({"disconnected":1})), "{r}");
     let (texts, code) = c.until_close().await;
     assert_eq!(code, 4003);
     assert!(
-        texts.last().is_some_and(|t| t.contains(r#""type":"disconnect""#)),
+        texts
+            .last()
+            .is_some_and(|t| t.contains(r#""type":"disconnect""#)),
         "{texts:?}"
     );
     c.send(CLOSE, &close_payload(code)).await;
