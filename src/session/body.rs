@@ -7,7 +7,7 @@
 //! closes the TCP connection (at once: the vendored actix-http does not linger after an
 //! upgraded response, see vendor/README.md). RFC 6455 section 7.1.1 wants the server to
 //! close it first, once the close handshake is done, and clients wait for that; so the body
-//! ends when the actor has stopped (its Close is written) and the client's Close has come
+//! ends when the actor has stopped (its Close handed over) and the client's Close has come
 //! too, or its side of the connection has ended, or [`CLOSE_REPLY_WAIT`] has passed. The
 //! client's frames reach the actor through [`ClientStream`], which notes where they end;
 //! once the actor has stopped, the body reads (and drops) what the client still sends.
