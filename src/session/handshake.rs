@@ -1,15 +1,13 @@
 //! The `/ws` handshake: checks origin (403), subprotocol (400), token (401) and capacity
 //! (503), in the order the contract gives, answering refusals with the HTTP error body;
 //! then upgrades the connection and starts a [`Session`] whose response body is a
-//! `SessionBody`.
-
-use std::collections::VecDeque;
+//! `SessionBody`, and which reads the client through it.
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
 use serde::Deserialize;
 
-use super::body::SessionBody;
+use super::body::{ClientSide, ClientStream, SessionBody};
 use super::Session;
 use crate::auth::{AuthError, Identity};
 use crate::node::Node;
@@ -111,11 +109,9 @@ pub async fn ws_route(
     let session = Session::new(node.clone(), identity, slot);
     let outbox = session.outbox.clone();
     let codec = actix_http::ws::Codec::new().max_size(max);
-    let actor = ws::WebsocketContext::with_codec(session, stream, codec);
-    response.streaming(SessionBody {
-        actor,
-        outbox,
-        spare: VecDeque::new(),
-        held: None,
-    })
+    // The actor reads the client through the body's `ClientStream`, so that the body knows
+    // whether the client's Close has come when the actor stops.
+    let client = ClientSide::new(stream);
+    let actor = ws::WebsocketContext::with_codec(session, ClientStream(client.clone()), codec);
+    response.streaming(SessionBody::new(actor, outbox, client))
 }

@@ -178,6 +178,8 @@ pin_project! {
         payload: Option<PayloadSender>,
         // true when current request uses chunked transfer encoding (drainable when payload is dropped)
         payload_drainable: bool,
+        // Switchboard patch: the response being sent is an upgrade (101), e.g. a WebSocket.
+        upgraded: bool,
         messages: VecDeque<DispatcherMessage>,
 
         head_timer: TimerState,
@@ -299,6 +301,7 @@ where
                     state: State::None,
                     payload: None,
                     payload_drainable: false,
+                    upgraded: false,
                     messages: VecDeque::new(),
 
                     head_timer: TimerState::new(config.client_request_deadline().is_some()),
@@ -516,6 +519,8 @@ where
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
 
+        // Switchboard patch: remembered for when the body ends.
+        *self.as_mut().project().upgraded = is_upgrade;
         let size = self.as_mut().send_response_inner(res, &body)?;
         match size {
             BodySize::None | BodySize::Sized(0) => {
@@ -712,7 +717,15 @@ where
                                 this.state.set(State::None);
 
                                 if not_pipelined && close_for_unread_payload {
-                                    if this.config.client_disconnect_deadline().is_some() {
+                                    // Switchboard patch: the body of an upgraded (101) response
+                                    // ends when its protocol is over (a WebSocket: after the
+                                    // close handshake), and the client then waits for the server
+                                    // to close first (RFC 6455 section 7.1.1), so shut down at
+                                    // once instead of lingering until the client closes or
+                                    // `client_disconnect_timeout` passes.
+                                    if this.config.client_disconnect_deadline().is_some()
+                                        && !*this.upgraded
+                                    {
                                         Self::enter_linger(this.flags);
                                     } else {
                                         this.flags.insert(Flags::SHUTDOWN | Flags::FINISHED);
