@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize, Serializer};
 
 pub use env::{unread_variables, variable_for, KEYS, NOT_SETTINGS};
-pub use values::{EngineKind, HumanDuration};
 use values::{string_list, unsigned, unsigned_opt};
+pub use values::{EngineKind, HumanDuration};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "SWITCHBOARD";
@@ -173,7 +173,10 @@ pub struct ApiSettings {
     /// Keys accepted in `Authorization: apikey <key>`; empty refuses every call.
     // Left out of printed settings when empty, which is also how they are left out as a
     // secret (an empty list is the default).
-    #[serde(deserialize_with = "string_list", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub keys: Vec<String>,
 }
 
@@ -524,6 +527,14 @@ impl Origin<'_> {
             ),
             None => what,
         };
+        // serde's "invalid type: boolean `true`, expected X" said the way ours are.
+        let what = match what
+            .strip_prefix("invalid type: ")
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            Some((got, expected)) => format!("expected {expected}; got {got}"),
+            None => what,
+        };
         // serde's "unknown field `x`, expected one of ..." names the table, not the key.
         if let Some(rest) = what.strip_prefix("unknown field `") {
             if let Some((field, expected)) = rest.split_once('`') {
@@ -663,7 +674,10 @@ mod tests {
         let s = Settings::load_from(
             None,
             env(&[
-                ("SWITCHBOARD__SERVER__ALLOWED_ORIGINS", r#"["http://a", 'https://b:8443']"#),
+                (
+                    "SWITCHBOARD__SERVER__ALLOWED_ORIGINS",
+                    r#"["http://a", 'https://b:8443']"#,
+                ),
                 ("SWITCHBOARD__API__KEYS", r#"["k,1", "k2"]"#),
             ]),
         )
@@ -672,7 +686,10 @@ mod tests {
         assert_eq!(s.api.keys, vec!["k,1", "k2"]);
         let s = Settings::load_from(
             None,
-            env(&[("SWITCHBOARD__SERVER__ALLOWED_ORIGINS", "http://a, http://b,")]),
+            env(&[(
+                "SWITCHBOARD__SERVER__ALLOWED_ORIGINS",
+                "http://a, http://b,",
+            )]),
         )
         .expect("comma separated");
         assert_eq!(s.server.allowed_origins, vec!["http://a", "http://b"]);

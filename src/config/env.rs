@@ -145,8 +145,10 @@ mod tests {
             "PATH",
         ]);
         assert_eq!(w.len(), 4, "{w:#?}");
-        assert!(w.iter().any(|l| l.contains("SWITCHBOARD_API_KEYS is not read: did you mean \
-             SWITCHBOARD__API__KEYS (the key `api.keys`)")));
+        assert!(w.iter().any(|l| l.contains(
+            "SWITCHBOARD_API_KEYS is not read: did you mean \
+             SWITCHBOARD__API__KEYS (the key `api.keys`)"
+        )));
         assert!(w.iter().any(|l| l
             .contains("switchboard__limits__max_errors is not read: did you mean SWITCHBOARD__LIMITS__MAX_ERRORS")));
         assert!(w

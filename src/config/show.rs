@@ -20,11 +20,17 @@ impl Settings {
         let tell = "`switchboard --check-config --show-secrets` prints";
         if !show_secrets {
             if shown.auth.hmac_secret.take().is_some() {
-                notes.push(("[auth]", format!("# hmac_secret is set, left out: {tell} it")));
+                notes.push((
+                    "[auth]",
+                    format!("# hmac_secret is set, left out: {tell} it"),
+                ));
             }
             let keys = std::mem::take(&mut shown.api.keys).len();
             if keys > 0 {
-                notes.push(("[api]", format!("# keys: {keys} set, left out: {tell} them")));
+                notes.push((
+                    "[api]",
+                    format!("# keys: {keys} set, left out: {tell} them"),
+                ));
             }
             if let Some(url) = hide_password(&shown.engine.redis_url) {
                 shown.engine.redis_url = url;
