@@ -3,74 +3,40 @@
 //! configuration comes from the [`Settings`] built here; nothing else reads files or env vars.
 //!
 //! Unknown keys are refused (`deny_unknown_fields` everywhere) so that a typo in an operator's
-//! file or environment stops the program instead of silently running with a default.
+//! file or environment stops the program instead of silently running with a default; a
+//! refused value gets a message naming its key and where it came from (the variable or the
+//! file). How each kind of value is read is in [`values`]; `SWITCHBOARD_` variables that are
+//! not read are found by [`env`] (the binary warns about them); the TOML that
+//! `--check-config` prints is written by [`show`].
 
-use std::collections::HashMap;
-use std::fmt;
+mod env;
+mod show;
+mod values;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+pub use env::{unread_variables, variable_for, KEYS, NOT_SETTINGS};
+use values::{string_list, unsigned, unsigned_opt};
+pub use values::{EngineKind, HumanDuration};
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "SWITCHBOARD";
-
-/// A list of strings: a TOML array, or (from the environment) one comma separated string.
-fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Raw::deserialize(d)? {
-        Raw::List(v) => v,
-        Raw::Text(t) => t.split(',').map(|s| s.trim().to_string()).collect(),
-    })
-}
 
 /// A configuration that could not be loaded: it names the key (or file) at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
-/// A duration written as `"250ms"`, `"10s"`, `"5m"` (or a bare number of seconds).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl fmt::Debug for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Secs(u64),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(HumanDuration(Duration::from_secs(s))),
-            Raw::Text(t) => humantime::parse_duration(t.trim())
-                .map(HumanDuration)
-                .map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "invalid duration {t:?} ({e}); write it like \"250ms\" or \"10s\""
-                    ))
-                }),
-        }
-    }
-}
-
 fn secs(s: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(s))
 }
 
 /// The whole node configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Listening socket, origins, shutdown, TLS.
@@ -88,11 +54,17 @@ pub struct Settings {
     /// Options of the default namespace, and of any namespace not named below.
     pub channels: NamespaceOptions,
     /// Per-namespace options; a key left out inherits from `[channels]`.
+    #[serde(serialize_with = "sorted")]
     pub namespaces: HashMap<String, NamespaceOverrides>,
 }
 
+/// Writes a map in key order, so that printed settings do not change from run to run.
+fn sorted<S: Serializer, V: Serialize>(map: &HashMap<String, V>, s: S) -> Result<S::Ok, S::Error> {
+    map.iter().collect::<BTreeMap<_, _>>().serialize(s)
+}
+
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Address to listen on; port 0 picks a free port (logged as `listening on <addr>`).
@@ -105,8 +77,10 @@ pub struct ServerSettings {
     /// This node's id in `welcome` and presence; a random one when empty.
     pub node_id: String,
     /// Number of broker shards; 0 means one per HTTP worker (hosted on its thread).
+    #[serde(deserialize_with = "unsigned")]
     pub broker_shards: usize,
     /// Number of HTTP worker threads; 0 means one per core.
+    #[serde(deserialize_with = "unsigned")]
     pub workers: usize,
     /// PEM certificate chain; with `tls_key`, the node serves `wss://` and `https://`.
     pub tls_cert: Option<PathBuf>,
@@ -130,7 +104,7 @@ impl Default for ServerSettings {
 }
 
 /// `[heartbeat]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatSettings {
     /// How often the server sends a WebSocket Ping.
@@ -148,18 +122,8 @@ impl Default for HeartbeatSettings {
     }
 }
 
-/// Which engine implementation runs behind the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// In-process: one node alone.
-    Memory,
-    /// Redis shared by every node of a cluster.
-    Redis,
-}
-
 /// `[engine]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
     /// `memory` or `redis`.
@@ -181,7 +145,7 @@ impl Default for EngineSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Shared secret for HS256 tokens.
@@ -203,29 +167,40 @@ impl Default for AuthSettings {
 }
 
 /// `[api]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Keys accepted in `Authorization: apikey <key>`; empty refuses every call.
-    #[serde(deserialize_with = "string_list")]
+    // Left out of printed settings when empty, which is also how they are left out as a
+    // secret (an empty list is the default).
+    #[serde(
+        deserialize_with = "string_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub keys: Vec<String>,
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
     /// Largest WebSocket message (after reassembly) and largest API body, in bytes.
+    #[serde(deserialize_with = "unsigned")]
     pub max_message_size: usize,
     /// Subscriptions one connection may hold at once.
+    #[serde(deserialize_with = "unsigned")]
     pub max_subscriptions_per_connection: usize,
     /// WebSocket connections one node accepts at once; past it the handshake gets 503.
+    #[serde(deserialize_with = "unsigned")]
     pub max_connections: usize,
     /// Unsent output a session may accumulate before it is closed with 4001.
+    #[serde(deserialize_with = "unsigned")]
     pub max_pending_bytes: usize,
     /// Publishes per second one connection may make, with a burst of as many.
+    #[serde(deserialize_with = "unsigned")]
     pub client_publish_rate: u32,
     /// Malformed commands in a row before the connection is closed with 4004.
+    #[serde(deserialize_with = "unsigned")]
     pub max_errors: u32,
 }
 
@@ -243,7 +218,7 @@ impl Default for LimitSettings {
 }
 
 /// Options of one namespace, fully resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamespaceOptions {
     /// Connections without a token may use it.
@@ -251,6 +226,7 @@ pub struct NamespaceOptions {
     /// Clients (not only the API) may publish.
     pub allow_publish: bool,
     /// Publications kept for recovery and `history`; 0 keeps none.
+    #[serde(deserialize_with = "unsigned")]
     pub history_size: usize,
     /// How long a publication stays in history.
     pub history_ttl: HumanDuration,
@@ -274,7 +250,7 @@ impl Default for NamespaceOptions {
 }
 
 /// `[namespaces.NAME]`: each key left out takes the value under `[channels]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamespaceOverrides {
     /// See [`NamespaceOptions::anonymous`].
@@ -282,6 +258,7 @@ pub struct NamespaceOverrides {
     /// See [`NamespaceOptions::allow_publish`].
     pub allow_publish: Option<bool>,
     /// See [`NamespaceOptions::history_size`].
+    #[serde(deserialize_with = "unsigned_opt")]
     pub history_size: Option<usize>,
     /// See [`NamespaceOptions::history_ttl`].
     pub history_ttl: Option<HumanDuration>,
@@ -335,7 +312,17 @@ impl Settings {
     /// Loads defaults, then `path` (or `config/default.toml` when it exists and no path is
     /// given), then the process environment.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
+        let mut vars = Vec::new();
+        // `std::env::vars` would panic on a variable that is not UTF-8; only ours matter.
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().filter(|n| env::is_read(n)) else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => vars.push((name.to_string(), value)),
+                Err(_) => return Err(ConfigError(format!("{name} is not valid UTF-8"))),
+            }
+        }
         Self::load_from(path, vars)
     }
 
@@ -347,6 +334,7 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder();
         let default_path = Path::new("config/default.toml");
+        let file = path.or(default_path.exists().then_some(default_path));
         match path {
             Some(p) => {
                 if !p.exists() {
@@ -362,31 +350,40 @@ impl Settings {
             }
             None => {}
         }
-        let env_map: HashMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
+        let env_map: HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| env::is_read(k)).collect();
+        let from = Origin {
+            env: &env_map,
+            file,
+        };
         let environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
             // Values stay strings and are converted by the target type, so an all-digit
             // secret or API key is not turned into a number.
             .try_parsing(false)
-            .source(Some(env_map));
+            .source(Some(env_map.clone()));
         builder = builder.add_source(environment);
-        let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let raw = builder.build().map_err(|e| from.plain(e))?;
+        let mut settings: Settings = raw.try_deserialize().map_err(|e| from.plain(e))?;
         // `SWITCHBOARD__API__KEYS=` means "no keys", not one empty key.
         settings.api.keys.retain(|k| !k.trim().is_empty());
-        settings.validate()?;
+        settings
+            .check()
+            .map_err(|(key, why)| ConfigError(format!("key `{key}`{}: {why}", from.of(&key))))?;
         Ok(settings)
     }
 
     /// Checks relations between keys that types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key: &str, why: &str| Err(ConfigError(format!("key `{key}`: {why}")));
+        self.check()
+            .map_err(|(key, why)| ConfigError(format!("key `{key}`: {why}")))
+    }
+
+    /// [`Settings::validate`], giving the key at fault and why apart, so that the loader
+    /// can say where the value came from.
+    fn check(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, why: &str| Err((key.to_string(), why.to_string()));
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
             return err(
                 "server.bind",
@@ -416,6 +413,21 @@ impl Settings {
         }
         if self.limits.max_connections == 0 {
             return err("limits.max_connections", "must be more than zero");
+        }
+        if let Some(bad) = self
+            .server
+            .allowed_origins
+            .iter()
+            .find(|o| *o != "*" && !values::is_origin(o))
+        {
+            return err(
+                "server.allowed_origins",
+                &format!(
+                    "{bad:?} is not an origin: write scheme://host or scheme://host:port, \
+                     without a path or a trailing slash (\"http://localhost:3000\"), or \"*\" \
+                     for any"
+                ),
+            );
         }
         if self.engine.prefix.is_empty() || self.engine.prefix.contains(['{', '}', ' ']) {
             return err(
@@ -454,6 +466,92 @@ impl Settings {
         match self.server.broker_shards {
             0 => self.workers(),
             n => n,
+        }
+    }
+}
+
+/// Where the values being loaded came from, to say so in an error.
+struct Origin<'a> {
+    /// The variables read (the environment wins over the file).
+    env: &'a HashMap<String, String>,
+    /// The file read, if any.
+    file: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    /// The layer that set `key`: its variable (one of a table's keys, for a table), or else
+    /// the file.
+    fn of(&self, key: &str) -> String {
+        let var = variable_for(key).to_ascii_uppercase();
+        let sets = |name: &&String| {
+            let name = name.to_ascii_uppercase();
+            name == var || name.starts_with(&format!("{var}__"))
+        };
+        match self.env.keys().filter(sets).min() {
+            Some(name) => format!(" (from {name})"),
+            None => self
+                .file
+                .map(|f| format!(" (in {})", f.display()))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `config`'s error in plain words, naming the key and where its value came from:
+    /// ``key `limits.max_errors` (from SWITCHBOARD__LIMITS__MAX_ERRORS): must not be
+    /// negative; got -1``. `config` says `invalid type: ..., expected ... for key `k` in
+    /// the environment`, or names the table of an unknown key rather than the key.
+    fn plain(&self, e: config::ConfigError) -> ConfigError {
+        use config::ConfigError as E;
+        let (key, what) = match e {
+            E::Type {
+                unexpected,
+                expected,
+                key,
+                ..
+            } => (key, format!("expected {expected}; got {unexpected}")),
+            E::At { error, key, .. } => match *error {
+                E::Type {
+                    unexpected,
+                    expected,
+                    ..
+                } => (key, format!("expected {expected}; got {unexpected}")),
+                inner => (key, inner.to_string()),
+            },
+            other => (None, other.to_string()),
+        };
+        // `SWITCHBOARD__API=1`: serde says "expected struct ApiSettings".
+        let what = match what.split_once(", expected struct ") {
+            Some((got, _)) => format!(
+                "is a table of keys, not a value ({})",
+                got.trim_start_matches("invalid type: ")
+            ),
+            None => what,
+        };
+        // serde's "invalid type: boolean `true`, expected X" said the way ours are.
+        let what = match what
+            .strip_prefix("invalid type: ")
+            .and_then(|rest| rest.split_once(", expected "))
+        {
+            Some((got, expected)) => format!("expected {expected}; got {got}"),
+            None => what,
+        };
+        // serde's "unknown field `x`, expected one of ..." names the table, not the key.
+        if let Some(rest) = what.strip_prefix("unknown field `") {
+            if let Some((field, expected)) = rest.split_once('`') {
+                let full = match &key {
+                    Some(table) => format!("{table}.{field}"),
+                    None => field.to_string(),
+                };
+                let expected = expected.trim_start_matches(", expected ");
+                return ConfigError(format!(
+                    "key `{full}`{} is unknown; expected {expected}",
+                    self.of(&full)
+                ));
+            }
+        }
+        match key {
+            Some(key) => ConfigError(format!("key `{key}`{}: {what}", self.of(&key))),
+            None => ConfigError(what),
         }
     }
 }
@@ -521,6 +619,114 @@ mod tests {
         let e = Settings::load_from(None, env(&[("SWITCHBOARD__LIMITS__MAX_BANANAS", "1")]))
             .expect_err("unknown key refused");
         assert!(e.to_string().contains("max_bananas"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_listed_for_the_warnings() {
+        let mut s = Settings::default();
+        s.server.tls_cert = Some("c".into());
+        s.server.tls_key = Some("k".into());
+        s.auth.hmac_secret = Some("x".into());
+        s.auth.public_key_pem = Some("x".into());
+        s.api.keys = vec!["k".into()];
+        let table = toml::Table::try_from(&s).expect("settings as a table");
+        let mut keys: Vec<String> = table
+            .iter()
+            .filter(|(section, _)| *section != "namespaces")
+            .flat_map(|(section, t)| {
+                let t = t.as_table().expect("a section is a table");
+                t.keys().map(move |k| format!("{section}.{k}"))
+            })
+            .collect();
+        keys.sort();
+        let mut listed: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn durations_take_fractions_and_numbers_as_text() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "[heartbeat]\ninterval = 1.5\ntimeout = 20\n").expect("write");
+        let s = Settings::load_from(Some(&file), vec![]).expect("fractional seconds");
+        assert_eq!(s.heartbeat.interval.0, Duration::from_millis(1500));
+        assert_eq!(s.heartbeat.timeout.0, Duration::from_secs(20));
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD__HEARTBEAT__INTERVAL", "5"),
+                ("SWITCHBOARD__HEARTBEAT__TIMEOUT", "7.25"),
+            ]),
+        )
+        .expect("seconds as text");
+        assert_eq!(s.heartbeat.interval.0, Duration::from_secs(5));
+        assert_eq!(s.heartbeat.timeout.0, Duration::from_millis(7250));
+        for bad in ["-1", "-0.5", "NaN", "inf", "-2s"] {
+            let e = Settings::load_from(None, env(&[("SWITCHBOARD__AUTH__LEEWAY", bad)]))
+                .expect_err(bad);
+            assert!(e.to_string().contains("key `auth.leeway`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn lists_from_the_environment_may_be_arrays() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "SWITCHBOARD__SERVER__ALLOWED_ORIGINS",
+                    r#"["http://a", 'https://b:8443']"#,
+                ),
+                ("SWITCHBOARD__API__KEYS", r#"["k,1", "k2"]"#),
+            ]),
+        )
+        .expect("arrays");
+        assert_eq!(s.server.allowed_origins, vec!["http://a", "https://b:8443"]);
+        assert_eq!(s.api.keys, vec!["k,1", "k2"]);
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "SWITCHBOARD__SERVER__ALLOWED_ORIGINS",
+                "http://a, http://b,",
+            )]),
+        )
+        .expect("comma separated");
+        assert_eq!(s.server.allowed_origins, vec!["http://a", "http://b"]);
+    }
+
+    #[test]
+    fn printed_settings_read_back_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("in.toml");
+        std::fs::write(
+            &file,
+            "[heartbeat]\ninterval = 1.5\n[namespaces.chat]\njoin_leave = true\n\
+             [namespaces.b]\nhistory_ttl = 90\nhistory_size = 0\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("SWITCHBOARD__API__KEYS", "k1,k\"2"),
+                ("SWITCHBOARD__AUTH__HMAC_SECRET", "s3cret"),
+                ("SWITCHBOARD__ENGINE__REDIS_URL", "redis://:pw@h:1/0"),
+                ("SWITCHBOARD__SERVER__ALLOWED_ORIGINS", "http://a"),
+            ]),
+        )
+        .expect("loads");
+        let printed = s.to_toml(true).expect("toml");
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, &printed).expect("write");
+        let back = Settings::load_from(Some(&again), vec![]).expect("reads back");
+        assert_eq!(back.to_toml(true).expect("toml"), printed);
+        assert_eq!(back.api.keys, vec!["k1", "k\"2"]);
+        assert_eq!(back.heartbeat.interval.0, Duration::from_millis(1500));
+        assert!(Namespaces::new(&back).get("chat").join_leave);
+        let hidden = s.to_toml(false).expect("toml");
+        for secret in ["s3cret", "k1", "pw@"] {
+            assert!(!hidden.contains(secret), "{secret} in {hidden}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use switchboard::config::Settings;
+use switchboard::config::{self, Settings};
 use switchboard::startup::{wait_for_signal, Application, StartupError};
 
 // jemalloc instead of glibc's malloc: per-flush buffers and per-publication frames made
@@ -27,9 +27,14 @@ struct Cli {
     /// TOML configuration file (default: config/default.toml when it exists).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Load and check the configuration, print it, and exit.
+    /// Load and check the configuration, print it as TOML (which `--config` reads back),
+    /// and exit.
     #[arg(long)]
     check_config: bool,
+    /// With `--check-config`: print secrets (`auth.hmac_secret`, `api.keys`, the password of
+    /// `engine.redis_url`) instead of leaving them out.
+    #[arg(long, requires = "check_config")]
+    show_secrets: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -43,6 +48,11 @@ enum Cmd {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // A `SWITCHBOARD_API_KEYS` (one underscore) would otherwise be ignored without a word.
+    let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+    for warning in config::unread_variables(names) {
+        log::warn!("{warning}");
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -51,20 +61,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        let mut shown = settings.clone();
-        let redact = |v: &mut Option<String>| {
-            if v.is_some() {
-                *v = Some("<redacted>".into());
+        return match settings.to_toml(cli.show_secrets) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchboard: {e}");
+                ExitCode::FAILURE
             }
         };
-        redact(&mut shown.auth.hmac_secret);
-        shown
-            .api
-            .keys
-            .iter_mut()
-            .for_each(|k| *k = "<redacted>".into());
-        println!("{shown:#?}");
-        return ExitCode::SUCCESS;
     }
     if let Some(Cmd::Migrate) = cli.command {
         let runtime = actix_web::rt::System::new();
