@@ -191,7 +191,7 @@ case "$MODE" in
       sleep 0.1
     done
     [ "$(readyz "$port")" = 200 ] || die "$ARG is not ready after 30 s (its log: $CLUSTER_DIR/$ARG.log)"
-    log "$ARG is ready on http://127.0.0.1:$port; nginx sends it traffic again once its fail_timeout (10 s) after the last failed attempt is over"
+    log "$ARG is ready on http://127.0.0.1:$port; nginx sends it new connections again within 10 s (its fail_timeout)"
     exit 0
     ;;
   follow)
