@@ -3,42 +3,210 @@
 # Switchboard nodes using the Redis engine, and nginx in front of them with the same
 # deploy/nginx/nginx.conf (its upstream addresses and log paths rewritten).
 #
-#   scripts/cluster.sh            start, print the URLs, run until Ctrl-C or SIGTERM
-#   scripts/cluster.sh --check    start, run scripts/cluster_check.py through the load
-#                                 balancer, stop everything; exit 0 when every check passed
+#   scripts/cluster.sh              start, print the URLs, run until Ctrl-C or SIGTERM; a node
+#                                   that exits is reported and the rest keeps running
+#   scripts/cluster.sh --check      start, run scripts/cluster_check.py through the load
+#                                   balancer (failover included), stop everything; exit 0 when
+#                                   every check passed
+#
+# From another terminal, on the running cluster:
+#
+#   scripts/cluster.sh status       every process: up or down, pid, port
+#   scripts/cluster.sh kill NODE    SIGKILL node1, node2 or node3: a crash
+#   scripts/cluster.sh stop NODE    SIGTERM: a graceful drain (clients get `disconnect` 1001)
+#   scripts/cluster.sh start NODE   start a stopped node again on its port; returns once ready
+#   scripts/cluster.sh follow CHANNEL
+#                                   a subscriber through the load balancer that prints what it
+#                                   receives and, when its connection drops, reconnects with
+#                                   `since` and says on which node it landed
 #
 # Environment:
 #   LB_PORT          load balancer port (default 8080; with --check, a free port)
 #   API_KEY          the nodes' API key (default dev-key)
 #   SWITCHBOARD_BIN  the binary (default target/release/switchboard, built when missing)
+#   CLUSTER_DIR      where the commands above find the running cluster (default .tmp/cluster
+#                    in this checkout: a symlink to the work dir that the cluster makes while
+#                    it runs). Set it to run a second cluster from the same checkout.
 #   KEEP_WORK=1      keep the work dir (configs, logs) after stopping
 #   SWITCHBOARD__*   passed on to the nodes, except the keys set here (bind, node_id,
 #                    engine.kind, engine.redis_url, engine.prefix, api.keys)
 #
 # Every process listens on 127.0.0.1 only. Redis gets a free port (never 6379, the machine's
 # shared Redis) and runs without persistence; the nodes bind port 0 and the script reads the
-# port from their `listening on` log line; the keys of each run have their own engine.prefix.
-# Missing tools (redis-server, nginx, curl, python3) are installed with apt-get, without
-# starting their system services. nginx runs as a child of this script with its own -p prefix,
-# -c config, pid file and logs in the work dir.
+# port from their `listening on` log line (a node started again binds the same port, the one
+# nginx sends to); the keys of each run have their own engine.prefix. Missing tools
+# (redis-server, nginx, curl, python3) are installed with apt-get, without starting their
+# system services. nginx runs as a child of this script with its own -p prefix, -c config,
+# pid file and logs in the work dir. `--check` does not register in CLUSTER_DIR, so it can run
+# beside a cluster started by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+NODES=(node1 node2 node3)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+usage() {
+  echo "usage: $0 [--check] | status | kill NODE | stop NODE | start NODE | follow CHANNEL" >&2
+  exit 64
+}
+
 MODE=run
+ARG=""
 case "${1:-}" in
   "") ;;
   --check) MODE=check ;;
+  status) MODE=status ;;
+  kill|stop|start|follow)
+    MODE=$1
+    [ $# -eq 2 ] || usage
+    ARG=$2
+    ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: $0 [--check]" >&2; exit 64 ;;
+  *) usage ;;
 esac
+[ -n "$ARG" ] || [ $# -le 1 ] || usage
+
+CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.tmp/cluster}
+
+# =============================================================================================
+# Commands on a running cluster. It is found through CLUSTER_DIR: cluster.pid (the process
+# that runs it), cluster.env (ports, URLs), NODE.port, NODE.pid (only while NODE runs: the
+# cluster process writes it when it starts the node and removes it once the node has exited)
+# and requests/ (start requests, which the cluster process picks up on SIGUSR1, since the
+# nodes are its children).
+# =============================================================================================
+
+cluster_pid() { # the running cluster's pid, or nothing
+  local pid
+  pid=$(cat "$CLUSTER_DIR/cluster.pid" 2>/dev/null) || return 0
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  return 0
+}
+
+need_cluster() {
+  SUPERVISOR=$(cluster_pid)
+  [ -n "$SUPERVISOR" ] || die "no cluster is running at $CLUSTER_DIR (start one with scripts/cluster.sh, or set CLUSTER_DIR)"
+  [ -e "$CLUSTER_DIR/cluster.env" ] || die "the cluster at $CLUSTER_DIR is still starting"
+  # shellcheck source=/dev/null
+  . "$CLUSTER_DIR/cluster.env"
+}
+
+need_node() { # NAME
+  local n
+  for n in "${NODES[@]}"; do [ "$n" = "$1" ] && return 0; done
+  die "unknown node '$1' (one of: ${NODES[*]})"
+}
+
+node_pid() { # NAME: its pid while it runs, or nothing
+  local pid
+  pid=$(cat "$CLUSTER_DIR/$1.pid" 2>/dev/null) || return 0
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  return 0
+}
+
+readyz() { # PORT: the HTTP status of /readyz, 000 when nothing answers
+  curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/readyz" || true
+}
+
+wait_gone() { # NAME SECONDS: until the cluster has seen NAME exit (it removes NAME.pid)
+  local name=$1 secs=$2 i
+  for ((i = 0; i < secs * 10; i++)); do
+    [ -e "$CLUSTER_DIR/$name.pid" ] || return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+case "$MODE" in
+  status)
+    need_cluster
+    echo "cluster        pid $SUPERVISOR, work dir $(cd "$CLUSTER_DIR" && pwd -P)"
+    echo "load balancer  $LB   ws://127.0.0.1:$LB_PORT/ws   /readyz $(readyz "$LB_PORT")"
+    for n in "${NODES[@]}"; do
+      port=$(cat "$CLUSTER_DIR/$n.port")
+      pid=$(node_pid "$n")
+      if [ -n "$pid" ]; then
+        echo "$n          up    pid $pid, http://127.0.0.1:$port   /readyz $(readyz "$port")"
+      else
+        echo "$n          down  (scripts/cluster.sh start $n)   port $port"
+      fi
+    done
+    echo "redis          $REDIS_URL   engine.prefix=$PREFIX"
+    exit 0
+    ;;
+  kill|stop)
+    need_cluster
+    need_node "$ARG"
+    pid=$(node_pid "$ARG")
+    [ -n "$pid" ] || die "$ARG is not running"
+    if [ "$MODE" = kill ]; then
+      log "$ARG (pid $pid): SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      wait_gone "$ARG" 10 || die "$ARG (pid $pid) is still registered 10 s after SIGKILL"
+    else
+      # The node drains for up to server.shutdown_timeout (10 s by default).
+      log "$ARG (pid $pid): SIGTERM, draining"
+      kill -TERM "$pid" 2>/dev/null || true
+      wait_gone "$ARG" 40 || die "$ARG (pid $pid) has not exited 40 s after SIGTERM (scripts/cluster.sh kill $ARG)"
+    fi
+    log "$ARG is down; the load balancer sends its traffic to the other nodes"
+    exit 0
+    ;;
+  start)
+    need_cluster
+    need_node "$ARG"
+    pid=$(node_pid "$ARG")
+    [ -z "$pid" ] || die "$ARG is already running (pid $pid)"
+    port=$(cat "$CLUSTER_DIR/$ARG.port")
+    mkdir -p "$CLUSTER_DIR/requests"
+    req="$CLUSTER_DIR/requests/$$.$ARG"
+    echo "$ARG" >"$req.tmp"
+    mv "$req.tmp" "$req.start"
+    # The cluster process answers in $req.result. A signal that arrives while it is busy is
+    # only seen at its next wake-up, so it is sent again every second until answered.
+    result=""
+    for ((i = 0; i < 300; i++)); do
+      if ((i % 10 == 0)); then kill -USR1 "$SUPERVISOR" 2>/dev/null || die "the cluster process has exited"; fi
+      if [ -e "$req.result" ]; then
+        result=$(cat "$req.result")
+        rm -f "$req.result"
+        break
+      fi
+      sleep 0.1
+    done
+    [ -n "$result" ] || { rm -f "$req.start"; die "the cluster process did not answer within 30 s"; }
+    case "$result" in
+      started\ *) pid=${result#started } ;;
+      *) die "$result" ;;
+    esac
+    log "$ARG starting (pid $pid) on 127.0.0.1:$port"
+    for ((i = 0; i < 300; i++)); do
+      [ "$(readyz "$port")" = 200 ] && break
+      if ! kill -0 "$pid" 2>/dev/null || [ ! -e "$CLUSTER_DIR/$ARG.pid" ]; then
+        tail -n 20 "$CLUSTER_DIR/$ARG.log" >&2 || true
+        die "$ARG exited at start (its log: $CLUSTER_DIR/$ARG.log)"
+      fi
+      sleep 0.1
+    done
+    [ "$(readyz "$port")" = 200 ] || die "$ARG is not ready after 30 s (its log: $CLUSTER_DIR/$ARG.log)"
+    log "$ARG is ready on http://127.0.0.1:$port; nginx sends it new connections again within 10 s (its fail_timeout)"
+    exit 0
+    ;;
+  follow)
+    need_cluster
+    exec python3 "$ROOT/scripts/cluster_check.py" --follow "$ARG" --lb "$LB"
+    ;;
+esac
+
+# =============================================================================================
+# Running the cluster (run and --check).
+# =============================================================================================
 
 API_KEY=${API_KEY:-dev-key}
 BIN=${SWITCHBOARD_BIN:-$ROOT/target/release/switchboard}
 NGINX_CONF_SRC=$ROOT/deploy/nginx/nginx.conf
-
-log() { printf '[cluster] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # --- tools ---------------------------------------------------------------------------------
 install_missing() {
@@ -70,9 +238,17 @@ install_missing() {
 install_missing
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
+if [ "$MODE" = run ]; then
+  running=$(cluster_pid)
+  [ -z "$running" ] || die "a cluster is already running at $CLUSTER_DIR (pid $running): stop it (Ctrl-C in its terminal, or kill $running) or set CLUSTER_DIR"
+  if [ -e "$CLUSTER_DIR" ] && [ ! -L "$CLUSTER_DIR" ]; then
+    die "CLUSTER_DIR=$CLUSTER_DIR exists and is not this script's symlink"
+  fi
+fi
+
 if [ ! -x "$BIN" ]; then
   [ -z "${SWITCHBOARD_BIN:-}" ] || die "SWITCHBOARD_BIN=$BIN is not an executable"
-  log "building target/release/switchboard (cargo build --release)"
+  log "building target/release/switchboard (cargo build --release; the first build takes minutes)"
   cargo build --release --bin switchboard
 fi
 
@@ -96,21 +272,35 @@ port_free "$LB_PORT" || die "port $LB_PORT is already in use on 127.0.0.1 (set L
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/switchboard-cluster.XXXXXX")
 # nginx's workers run as nobody when this runs as root: they must reach the temp paths.
 chmod 755 "$WORK"
-PIDS=()   # every child, in start order
-NAMES=()
+mkdir -p "$WORK/requests"
+echo $$ >"$WORK/cluster.pid"
+REGISTERED=0
+if [ "$MODE" = run ]; then
+  mkdir -p "$(dirname "$CLUSTER_DIR")"
+  ln -sfn "$WORK" "$CLUSTER_DIR"
+  REGISTERED=1
+else
+  # --check: the commands the check runs (cluster.sh kill/start) find this cluster here.
+  CLUSTER_DIR=$WORK
+fi
+
+REDIS_PID=""
+NGINX_PID=""
+CHECK_PID=""
+declare -A NODE_PID=()  # node -> pid while it runs
+declare -A NODE_PORT=() # node -> port, fixed once it first listened
 STOPPING=0
 
-start_bg() { # NAME LOGFILE CMD...: a child in its own session (so Ctrl-C reaches only us)
-  local name=$1 logfile=$2
-  shift 2
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
-  PIDS+=($!)
-  NAMES+=("$name")
+start_bg() { # LOGFILE CMD...: a child in its own session (so Ctrl-C reaches only us); sets BG_PID
+  local logfile=$1
+  shift
+  setsid "$@" >>"$logfile" 2>&1 </dev/null &
+  BG_PID=$!
 }
 
 stop_pid() { # PID NAME SECONDS: SIGTERM, then SIGKILL after SECONDS
   local pid=$1 name=$2 secs=$3 i
-  kill -0 "$pid" 2>/dev/null || return 0
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < secs * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
@@ -124,11 +314,18 @@ stop_pid() { # PID NAME SECONDS: SIGTERM, then SIGKILL after SECONDS
 cleanup() {
   [ "$STOPPING" -eq 0 ] || return 0
   STOPPING=1
-  local i
-  # The reverse of the start order: nginx, the nodes (they drain), then Redis.
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    stop_pid "${PIDS[$i]}" "${NAMES[$i]}" 20
-  done
+  local n
+  [ -z "$CHECK_PID" ] || stop_pid "$CHECK_PID" cluster_check.py 5
+  # nginx, the nodes (together: each drains its clients), then Redis.
+  [ -z "$NGINX_PID" ] || stop_pid "$NGINX_PID" nginx 20
+  for n in "${!NODE_PID[@]}"; do kill -TERM "${NODE_PID[$n]}" 2>/dev/null || true; done
+  for n in "${!NODE_PID[@]}"; do stop_pid "${NODE_PID[$n]}" "$n" 20; done
+  [ -z "$REDIS_PID" ] || stop_pid "$REDIS_PID" redis 20
+  # Unregister first, so no command finds a cluster that is going away.
+  if [ "$REGISTERED" -eq 1 ] && [ "$(readlink "$CLUSTER_DIR" 2>/dev/null)" = "$WORK" ]; then
+    rm -f "$CLUSTER_DIR"
+  fi
+  rm -f "$WORK/cluster.pid" "$WORK"/node*.pid
   if [ "${KEEP_WORK:-0}" = 1 ]; then
     log "stopped; work dir kept: $WORK"
   else
@@ -156,6 +353,8 @@ on_signal() {
 }
 trap 'on_signal SIGINT' INT
 trap 'on_signal SIGTERM' TERM
+# `cluster.sh start NODE` asks through requests/ and SIGUSR1; the main loop reads them.
+trap ':' USR1
 
 wait_until() { # SECONDS DESCRIPTION CMD...: poll CMD every 0.1 s
   local secs=$1 what=$2 i
@@ -177,64 +376,67 @@ for attempt in 1 2 3; do
   port=$(free_port)
   [ "$port" != 6379 ] || continue
   mkdir -p "$WORK/redis"
-  start_bg redis "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$port" \
+  start_bg "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$port" \
     --save "" --appendonly no --dir "$WORK/redis" --daemonize no
+  REDIS_PID=$BG_PID
   for ((i = 0; i < 50; i++)); do
     if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
       REDIS_PORT=$port
       break
     fi
-    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    kill -0 "$REDIS_PID" 2>/dev/null || break
     sleep 0.1
   done
   [ -n "$REDIS_PORT" ] && break
   log "redis-server did not start on port $port (attempt $attempt)"
-  stop_pid "${PIDS[-1]}" redis 5
-  unset 'PIDS[-1]' 'NAMES[-1]'
-  PIDS=("${PIDS[@]}")
-  NAMES=("${NAMES[@]}")
+  stop_pid "$REDIS_PID" redis 5
+  REDIS_PID=""
 done
 [ -n "$REDIS_PORT" ] || fail "could not start redis-server"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 PREFIX="cluster-$(date +%s)-$$"
 
 # --- three nodes ---------------------------------------------------------------------------
-NODE_PORTS=()
-NODE_PIDS=()
-for n in 1 2 3; do
-  start_bg "node$n" "$WORK/node$n.log" env \
-    SWITCHBOARD__SERVER__BIND=127.0.0.1:0 \
-    SWITCHBOARD__SERVER__NODE_ID="node$n" \
+start_node() { # NAME PORT: starts it (port 0: any free port), records its pid
+  local n=$1 port=$2
+  printf '\n--- [cluster] starting %s on 127.0.0.1:%s at %s ---\n' "$n" "$port" "$(date '+%F %T')" >>"$WORK/$n.log"
+  start_bg "$WORK/$n.log" env \
+    SWITCHBOARD__SERVER__BIND="127.0.0.1:$port" \
+    SWITCHBOARD__SERVER__NODE_ID="$n" \
     SWITCHBOARD__ENGINE__KIND=redis \
     SWITCHBOARD__ENGINE__REDIS_URL="$REDIS_URL" \
     SWITCHBOARD__ENGINE__PREFIX="$PREFIX" \
     SWITCHBOARD__API__KEYS="$API_KEY" \
     RUST_LOG="${RUST_LOG:-info}" \
     "$BIN"
-  NODE_PIDS+=("${PIDS[-1]}")
-done
-for n in 1 2 3; do
-  pid=${NODE_PIDS[$((n - 1))]}
+  NODE_PID[$n]=$BG_PID
+  echo "$BG_PID" >"$WORK/$n.pid"
+}
+
+for n in "${NODES[@]}"; do start_node "$n" 0; done
+for n in "${NODES[@]}"; do
+  pid=${NODE_PID[$n]}
   port=""
   for ((i = 0; i < 300; i++)); do
-    port=$(grep -o 'listening on 127\.0\.0\.1:[0-9]*' "$WORK/node$n.log" 2>/dev/null | head -n 1 | sed 's/.*://' || true)
+    port=$(grep -o 'listening on 127\.0\.0\.1:[0-9]*' "$WORK/$n.log" 2>/dev/null | head -n 1 | sed 's/.*://' || true)
     [ -n "$port" ] && break
-    kill -0 "$pid" 2>/dev/null || fail "node$n exited at start"
+    kill -0 "$pid" 2>/dev/null || fail "$n exited at start"
     sleep 0.1
   done
-  [ -n "$port" ] || fail "node$n: no 'listening on' line after 30s"
-  NODE_PORTS+=("$port")
+  [ -n "$port" ] || fail "$n: no 'listening on' line after 30s"
+  NODE_PORT[$n]=$port
+  echo "$port" >"$WORK/$n.port"
 done
-for n in 1 2 3; do
-  wait_until 30 "node$n /readyz" http_ok "http://127.0.0.1:${NODE_PORTS[$((n - 1))]}/readyz"
+for n in "${NODES[@]}"; do
+  wait_until 30 "$n /readyz" http_ok "http://127.0.0.1:${NODE_PORT[$n]}/readyz"
 done
 
 # --- nginx ---------------------------------------------------------------------------------
 mkdir -p "$WORK/nginx/logs"
 NGX=$WORK/nginx
-sed -e "s|server node1:8080;|server 127.0.0.1:${NODE_PORTS[0]};|" \
-    -e "s|server node2:8080;|server 127.0.0.1:${NODE_PORTS[1]};|" \
-    -e "s|server node3:8080;|server 127.0.0.1:${NODE_PORTS[2]};|" \
+sed -e "s|server node1:8080;|server 127.0.0.1:${NODE_PORT[node1]};|" \
+    -e "s|server node2:8080;|server 127.0.0.1:${NODE_PORT[node2]};|" \
+    -e "s|server node3:8080;|server 127.0.0.1:${NODE_PORT[node3]};|" \
     -e "s|listen 8080;|listen 127.0.0.1:$LB_PORT;|" \
     -e "s|/dev/stdout|$NGX/access.log|" \
     -e "s|/dev/stderr|$NGX/error.log|" \
@@ -246,7 +448,7 @@ sed -e "s|server node1:8080;|server 127.0.0.1:${NODE_PORTS[0]};|" \
     scgi_temp_path $NGX/scgi;" \
     "$NGINX_CONF_SRC" >"$NGX/nginx.conf"
 # The rewrite must have found every line it replaces.
-for want in "127.0.0.1:${NODE_PORTS[0]};" "127.0.0.1:${NODE_PORTS[1]};" "127.0.0.1:${NODE_PORTS[2]};" \
+for want in "127.0.0.1:${NODE_PORT[node1]};" "127.0.0.1:${NODE_PORT[node2]};" "127.0.0.1:${NODE_PORT[node3]};" \
     "listen 127.0.0.1:$LB_PORT;" "$NGX/access.log" "$NGX/error.log" "proxy_temp_path"; do
   grep -qF "$want" "$NGX/nginx.conf" || fail "deploy/nginx/nginx.conf no longer has the line that becomes '$want'"
 done
@@ -255,15 +457,28 @@ if grep -qE 'node[0-9]+:8080|/dev/std' "$NGX/nginx.conf"; then
 fi
 NGINX_ARGS=(-p "$NGX/" -c "$NGX/nginx.conf" -e "$NGX/error.log" -g "daemon off; pid $NGX/nginx.pid;")
 "$NGINX" -t -q "${NGINX_ARGS[@]}" 2>"$WORK/nginx-test.log" || { cat "$WORK/nginx-test.log" >&2; fail "nginx -t refused the generated config"; }
-start_bg nginx "$WORK/nginx.log" "$NGINX" "${NGINX_ARGS[@]}"
+start_bg "$WORK/nginx.log" "$NGINX" "${NGINX_ARGS[@]}"
+NGINX_PID=$BG_PID
 LB=http://127.0.0.1:$LB_PORT
 wait_until 15 "nginx on $LB" http_ok "$LB/readyz"
 
 NODE_URLS=()
-for p in "${NODE_PORTS[@]}"; do NODE_URLS+=("http://127.0.0.1:$p"); done
+for n in "${NODES[@]}"; do NODE_URLS+=("http://127.0.0.1:${NODE_PORT[$n]}"); done
 
+# Written last and whole: its presence means the cluster is up.
+cat >"$WORK/cluster.env.tmp" <<EOF
+LB_PORT=$LB_PORT
+LB=$LB
+REDIS_URL=$REDIS_URL
+PREFIX=$PREFIX
+API_KEY=$API_KEY
+EOF
+mv "$WORK/cluster.env.tmp" "$WORK/cluster.env"
+
+where=$WORK
+[ "$REGISTERED" -eq 0 ] || where="$WORK, found through $CLUSTER_DIR"
 cat >&2 <<EOF
-[cluster] up (work dir $WORK)
+[cluster] up (work dir $where)
   load balancer  $LB   ws://127.0.0.1:$LB_PORT/ws
   node1          ${NODE_URLS[0]}
   node2          ${NODE_URLS[1]}
@@ -273,25 +488,93 @@ cat >&2 <<EOF
   logs           $WORK/{redis,node1,node2,node3}.log  $NGX/{access,error}.log
 EOF
 
-if [ "$MODE" = check ]; then
-  args=(--lb "$LB" --key "$API_KEY")
-  for u in "${NODE_URLS[@]}"; do args+=(--node "$u"); done
-  if python3 "$ROOT/scripts/cluster_check.py" "${args[@]}"; then
-    log "check passed"
-    exit 0
+# --- supervision ---------------------------------------------------------------------------
+# Until a signal, the end of the check, or the exit of Redis or nginx. A node that exits is
+# reported and the others keep serving; `cluster.sh start NODE` starts it again.
+
+handle_requests() {
+  local req n pid
+  for req in "$WORK"/requests/*.start; do
+    [ -e "$req" ] || continue
+    n=$(cat "$req")
+    rm -f "$req"
+    req=${req%.start}
+    if [ -z "${NODE_PORT[$n]:-}" ]; then
+      echo "unknown node '$n'" >"$req.tmp"
+    elif [ -n "${NODE_PID[$n]:-}" ]; then
+      echo "$n is already running (pid ${NODE_PID[$n]})" >"$req.tmp"
+    else
+      start_node "$n" "${NODE_PORT[$n]}"
+      pid=${NODE_PID[$n]}
+      log "$n started again (pid $pid) on 127.0.0.1:${NODE_PORT[$n]}"
+      echo "started $pid" >"$req.tmp"
+    fi
+    mv "$req.tmp" "$req.result"
+  done
+}
+
+describe_status() { # STATUS: as a shell reports it (128+N: killed by signal N)
+  if [ "$1" -gt 128 ]; then
+    echo "killed by SIG$(kill -l "$(($1 - 128))" 2>/dev/null || echo "$(($1 - 128))")"
+  else
+    echo "exit status $1"
   fi
-  show_logs
-  log "check FAILED"
-  exit 1
+}
+
+reap() { # handles every child that has exited
+  local n pid st
+  for n in "${!NODE_PID[@]}"; do
+    pid=${NODE_PID[$n]}
+    kill -0 "$pid" 2>/dev/null && continue
+    st=0
+    wait "$pid" 2>/dev/null || st=$?
+    unset 'NODE_PID[$n]'
+    rm -f "$WORK/$n.pid"
+    log "$n (pid $pid) exited: $(describe_status "$st"); the other nodes keep serving. scripts/cluster.sh start $n starts it again"
+    if [ "$st" -ne 0 ] && [ "$st" -ne 137 ] && [ "$st" -ne 143 ]; then
+      log "--- last lines of $n.log ---"
+      tail -n 10 "$WORK/$n.log" >&2
+    fi
+  done
+  for n in redis nginx; do
+    if [ "$n" = redis ]; then pid=$REDIS_PID; else pid=$NGINX_PID; fi
+    kill -0 "$pid" 2>/dev/null && continue
+    st=0
+    wait "$pid" 2>/dev/null || st=$?
+    if [ "$n" = redis ]; then REDIS_PID=""; else NGINX_PID=""; fi
+    fail "$n (pid $pid) exited: $(describe_status "$st"); the cluster cannot work without it"
+  done
+  if [ -n "$CHECK_PID" ] && ! kill -0 "$CHECK_PID" 2>/dev/null; then
+    st=0
+    wait "$CHECK_PID" 2>/dev/null || st=$?
+    CHECK_PID=""
+    if [ "$st" -eq 0 ]; then
+      log "check passed"
+      exit 0
+    fi
+    show_logs
+    log "check FAILED"
+    exit 1
+  fi
+}
+
+if [ "$MODE" = check ]; then
+  args=(--lb "$LB" --key "$API_KEY" --cluster-dir "$WORK")
+  for u in "${NODE_URLS[@]}"; do args+=(--node "$u"); done
+  python3 "$ROOT/scripts/cluster_check.py" "${args[@]}" &
+  CHECK_PID=$!
+else
+  log "Ctrl-C (or SIGTERM) stops everything; from another terminal: scripts/cluster.sh status | kill NODE | stop NODE | start NODE | follow CHANNEL"
 fi
 
-log "Ctrl-C (or SIGTERM) stops everything"
-# Until a signal, or until a child dies on its own.
 set +e
-wait -n "${PIDS[@]}"
-rc=$?
-for i in "${!PIDS[@]}"; do
-  kill -0 "${PIDS[$i]}" 2>/dev/null || log "${NAMES[$i]} exited on its own (status $rc)"
+while true; do
+  handle_requests
+  reap
+  live=("$REDIS_PID" "$NGINX_PID" "${NODE_PID[@]}")
+  [ -z "$CHECK_PID" ] || live+=("$CHECK_PID")
+  # Returns when one of them exits, or at once on a trapped signal (SIGUSR1: a request).
+  # reap() reports the exit (bash keeps the status for its `wait PID`), so bash's own
+  # "Killed" job notice is not wanted here.
+  wait -n "${live[@]}" 2>/dev/null
 done
-show_logs
-exit 1

