@@ -54,8 +54,13 @@ const CHANNEL_KEYS: &[&str] = &[
 /// `SWITCHBOARD_` variables that are not settings and are never warned about: the project's
 /// own scripts and compose file set them for themselves, not for the binary.
 /// `SWITCHBOARD_BIN`: the binary `scripts/cluster.sh` runs; `SWITCHBOARD_API_KEY`:
-/// `docker-compose.yml`'s API key, which it hands to the nodes as `SWITCHBOARD__API__KEYS`.
-pub const NOT_SETTINGS: &[&str] = &["SWITCHBOARD_BIN", "SWITCHBOARD_API_KEY"];
+/// `docker-compose.yml`'s API key, which it hands to the nodes as `SWITCHBOARD__API__KEYS`;
+/// `SWITCHBOARD_LB_BIND`: where `docker-compose.yml` publishes the load balancer.
+pub const NOT_SETTINGS: &[&str] = &[
+    "SWITCHBOARD_BIN",
+    "SWITCHBOARD_API_KEY",
+    "SWITCHBOARD_LB_BIND",
+];
 
 /// The variable that sets `key` (`api.keys` → `SWITCHBOARD__API__KEYS`).
 pub fn variable_for(key: &str) -> String {
