@@ -1,7 +1,7 @@
 //! The response body of a WebSocket connection: the session's outbox (its replies and the
 //! deliveries, in one queue, so they reach the client in the order they were queued),
 //! copied into the connection in one chunk per batch without waking the actor, and
-//! between those the actor's control frames (Ping, Pong, the Close frame).
+//! between those the actor's own frames (`welcome`, Ping, Pong, the Close frame).
 //!
 //! It also decides when the connection ends: the end of this body is when the HTTP layer
 //! closes the TCP connection (at once: the vendored actix-http does not linger after an
@@ -33,7 +33,7 @@ use crate::outbox::{Outbox, WsFrame};
 /// reading) holds the socket no longer than this.
 pub(super) const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
-/// The body: the actor's control frames go first within a poll (a Pong is not held behind
+/// The body: the actor's own frames (`welcome`, control frames) go first within a poll (a Pong is not held behind
 /// a long run of deliveries); once the session closed, what its outbox still holds goes
 /// before the Close frame, and nothing enters the outbox after it.
 pub(super) struct SessionBody<S> {

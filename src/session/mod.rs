@@ -190,20 +190,27 @@ impl Session {
     /// broker (it resumes the queue when it is done) or none is left.
     fn pump(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         while self.closed_with.is_none() {
-            match self.commands.next() {
-                None => return,
-                Some(Queued::Refused(e)) => {
-                    // A command that parsed, refused for its rate, still resets the count
-                    // of malformed ones.
-                    if !e.code.counts_as_malformed() {
-                        self.errors = 0;
-                    }
-                    self.reply_error(ctx, e.id.as_ref(), e.code, &e.message);
-                }
-                Some(Queued::Command(request)) => {
+            let Some(item) = self.commands.next() else {
+                return;
+            };
+            self.run(item, ctx);
+        }
+    }
+
+    /// Runs one command in its turn.
+    fn run(&mut self, item: Queued, ctx: &mut ws::WebsocketContext<Self>) {
+        match item {
+            Queued::Refused(e) => {
+                // A command that parsed, refused for its rate, still resets the count of
+                // malformed ones.
+                if !e.code.counts_as_malformed() {
                     self.errors = 0;
-                    self.dispatch(request, ctx);
                 }
+                self.reply_error(ctx, e.id.as_ref(), e.code, &e.message);
+            }
+            Queued::Command(request) => {
+                self.errors = 0;
+                self.dispatch(request, ctx);
             }
         }
     }
@@ -257,6 +264,11 @@ impl Session {
             Err(e) => Queued::Refused(e),
             Ok(request) => self.admit(request),
         };
+        if self.commands.is_idle() {
+            // Nothing runs or waits: its turn is now, and the queue allocates nothing (most
+            // connections send a command or two, and an idle one keeps no empty buffer).
+            return self.run(item, ctx);
+        }
         if let Err(item) = self.commands.push(item) {
             // Past the queue's bound the command is refused at once, ahead of the replies
             // still due (docs/protocol.md, 2.1): memory stays bounded whatever is sent.
@@ -468,15 +480,18 @@ impl Actor for Session {
             node.id
         );
         let heartbeat = &node.settings.heartbeat;
-        let welcome = ServerFrame::Welcome {
-            client: &self.client,
-            node: &node.id,
-            user: self.identity.user(),
-            heartbeat_ms: heartbeat.interval.0.as_millis() as u64,
-            protocol: SUBPROTOCOL,
-        }
-        .to_text();
-        self.send(ctx, welcome);
+        // The first frame, so it may go the actor's own way: nothing queued can precede it,
+        // and an idle connection's outbox then allocates for its `subscribed` reply alone.
+        ctx.text(
+            ServerFrame::Welcome {
+                client: &self.client,
+                node: &node.id,
+                user: self.identity.user(),
+                heartbeat_ms: heartbeat.interval.0.as_millis() as u64,
+                protocol: SUBPROTOCOL,
+            }
+            .to_text(),
+        );
         let timeout = heartbeat.timeout.0;
         ctx.run_interval(heartbeat.interval.0, move |act, ctx| {
             if act.last_heard.elapsed() >= timeout {

@@ -82,6 +82,11 @@ impl CommandQueue {
             return None;
         }
         let item = self.waiting.pop_front()?;
+        if self.waiting.is_empty() {
+            // A burst is over: its buffer goes, so a connection that pipelined once does not
+            // keep it for its life (an entry is over a hundred bytes).
+            self.waiting = VecDeque::new();
+        }
         if let Queued::Command(Request {
             command: Command::Publish { .. },
             ..
@@ -96,6 +101,11 @@ impl CommandQueue {
     /// waits until [`CommandQueue::done`].
     pub(super) fn hold(&mut self) {
         self.busy = true;
+    }
+
+    /// True when no command runs or waits: the next one may run at once, unqueued.
+    pub(super) fn is_idle(&self) -> bool {
+        !self.busy && self.waiting.is_empty()
     }
 
     /// The running command is done.
