@@ -101,7 +101,11 @@ fn assert_matches_shown(what: &str, got: &[String], shown: &[String]) {
         .position(|l| l.starts_with(r#"{"type":"subscribed""#));
     let first_message = got.iter().position(|l| is_message(l));
     if let (Some(s), Some(m)) = (subscribed, first_message) {
-        assert!(m > s, "{what}: a message before subscribed:\n{}", got.join("\n"));
+        assert!(
+            m > s,
+            "{what}: a message before subscribed:\n{}",
+            got.join("\n")
+        );
     }
 }
 
@@ -118,8 +122,10 @@ fn lines_of(block: &str) -> Vec<String> {
 fn node_command() -> Option<Command> {
     let probe = |flag: Option<&str>| {
         let mut c = Command::new("node");
-        c.args(flag)
-            .args(["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 3)"]);
+        c.args(flag).args([
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 3)",
+        ]);
         c.stdout(Stdio::null()).stderr(Stdio::null()).status()
     };
     match probe(None) {
@@ -204,7 +210,10 @@ fn parse_curl(line: &str) -> (Vec<(String, String)>, String, String) {
     let mut url = String::new();
     let mut rest = line.strip_prefix("curl ").expect("a curl line").trim();
     while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix("-H '").or_else(|| rest.strip_prefix("-d '")) {
+        if let Some(r) = rest
+            .strip_prefix("-H '")
+            .or_else(|| rest.strip_prefix("-d '"))
+        {
             let end = r.find('\'').expect("closing quote");
             let value = r[..end].to_string();
             if rest.starts_with("-H") {
@@ -290,11 +299,18 @@ async fn readme_browser_snippet_and_curl_print_what_the_readme_shows() {
         .iter()
         .find(|l| l.starts_with(r#"{"type":"subscribed""#))
         .expect("a subscribed line");
-    assert_eq!(epoch(&answer), epoch(subscribed), "the curl publish's epoch: {answer}");
+    assert_eq!(
+        epoch(&answer),
+        epoch(subscribed),
+        "the curl publish's epoch: {answer}"
+    );
 
     let mut more = Vec::new();
     run.take(shown_message.len(), &mut more);
-    assert_eq!(more, shown_message, "the line the snippet prints for the curl publish");
+    assert_eq!(
+        more, shown_message,
+        "the line the snippet prints for the curl publish"
+    );
 }
 
 /// README.md's websocat session: the lines typed after the command, sent as text frames on
@@ -303,7 +319,10 @@ async fn readme_browser_snippet_and_curl_print_what_the_readme_shows() {
 async fn readme_websocat_session_prints_what_the_readme_shows() {
     let doc = readme();
     let session = block_after(&doc, "<!-- tests/docs.rs sends these lines");
-    let shown = lines_of(&block_after(&doc, "<!-- output of the websocat session above -->"));
+    let shown = lines_of(&block_after(
+        &doc,
+        "<!-- output of the websocat session above -->",
+    ));
     let mut lines = session.lines();
     let command = lines.next().expect("the websocat command");
     let url = command
