@@ -361,3 +361,231 @@ async fn readme_websocat_session_prints_what_the_readme_shows() {
     }
     assert_matches_shown("the websocat session", &got, &shown);
 }
+
+/// `switchboard --check-config --show-secrets` run in an empty directory with `args`: the
+/// settings as resolved, as TOML.
+fn resolved_settings(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--check-config", "--show-secrets"])
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .output()
+        .expect("run switchboard --check-config");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// The backticked parts of one Markdown table cell.
+fn backticked(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// `(key, default)` for each row of `doc`'s tables whose first cell names settings
+/// (`server.bind`, `` `heartbeat.interval` / `heartbeat.timeout` ``, `channels.*`), with
+/// `None` where the default is "unset".
+fn documented_defaults(doc: &str) -> Vec<(String, Option<String>)> {
+    const SECTIONS: &[&str] = &[
+        "server",
+        "heartbeat",
+        "engine",
+        "auth",
+        "api",
+        "limits",
+        "channels",
+    ];
+    let mut rows = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let keys = backticked(cells[0]);
+        let values = backticked(cells.get(1).copied().unwrap_or(""));
+        let is_setting = |k: &String| {
+            k.split_once('.')
+                .is_some_and(|(section, _)| SECTIONS.contains(&section))
+        };
+        if keys.is_empty() || !keys.iter().all(is_setting) {
+            continue;
+        }
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(section) = key.strip_suffix(".*") {
+                for pair in &values {
+                    let (k, v) = pair.split_once(" = ").expect("`key = value`");
+                    rows.push((format!("{section}.{k}"), Some(v.to_string())));
+                }
+            } else {
+                rows.push((key.clone(), values.get(i).cloned()));
+            }
+        }
+    }
+    rows
+}
+
+/// README.md ("every key with its default"), docs/protocol.md (section 6) and
+/// config/default.toml ("every key, set to its compiled-in default") against the defaults the
+/// binary really has.
+#[test]
+fn documented_defaults_are_the_compiled_in_ones() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compiled = resolved_settings(&[]);
+    let file = format!("{root}/config/default.toml");
+    assert_eq!(
+        resolved_settings(&["--config", &file]),
+        compiled,
+        "config/default.toml changes a default"
+    );
+    let settings: toml::Table = toml::from_str(&compiled).expect("TOML");
+    let lookup = |key: &str| {
+        let (section, name) = key.split_once('.').expect("section.key");
+        settings.get(section).and_then(|t| t.get(name)).cloned()
+    };
+    for name in ["README.md", "docs/protocol.md"] {
+        let doc = std::fs::read_to_string(format!("{root}/{name}")).expect("doc");
+        let rows = documented_defaults(&doc);
+        assert!(rows.len() >= 20, "{name}: found only {rows:?}");
+        for (key, shown) in &rows {
+            let actual = lookup(key);
+            match shown {
+                // "unset"; an empty list is not printed either.
+                None => assert_eq!(actual, None, "{name}: {key} is set by default"),
+                Some(shown) if shown == "[]" && actual.is_none() => {}
+                Some(shown) => {
+                    let parsed: toml::Table = toml::from_str(&format!("v = {shown}"))
+                        .unwrap_or_else(|e| panic!("{name}: {key} = {shown}: {e}"));
+                    assert_eq!(
+                        Some(&parsed["v"]),
+                        actual.as_ref(),
+                        "{name}: the default of {key}"
+                    );
+                }
+            }
+        }
+        if name == "README.md" {
+            // Its table lists every key.
+            for (section, table) in &settings {
+                for key in table.as_table().expect("a section").keys() {
+                    let full = format!("{section}.{key}");
+                    assert!(
+                        rows.iter().any(|(k, _)| *k == full),
+                        "README.md's configuration table lacks {full}"
+                    );
+                }
+            }
+        }
+    }
+    // config/default.toml names every key, commented out where the default is "unset".
+    let text = std::fs::read_to_string(&file).expect("config/default.toml");
+    for (section, table) in &settings {
+        // `[namespaces]` is empty by default; the file shows one, commented out.
+        if table.as_table().is_some_and(|t| t.is_empty()) {
+            continue;
+        }
+        let body = text
+            .split(&format!("\n[{section}]\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("config/default.toml has no [{section}]"));
+        let body = body.split("\n[").next().unwrap_or(body);
+        for key in table.as_table().expect("a section").keys() {
+            assert!(
+                body.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "config/default.toml lacks {section}.{key}"
+            );
+        }
+    }
+    for key in [
+        "server.tls_cert",
+        "server.tls_key",
+        "auth.hmac_secret",
+        "auth.public_key_pem",
+    ] {
+        let (section, name) = key.split_once('.').expect("key");
+        let body = text
+            .split(&format!("\n[{section}]\n"))
+            .nth(1)
+            .expect("section");
+        assert!(
+            body.lines().any(|l| l.starts_with(&format!("# {name} = "))),
+            "config/default.toml lacks the commented-out {key}"
+        );
+    }
+}
+
+/// README.md's metrics table: each metric is on `/metrics` with the type the table gives
+/// (the labelled ones once something was counted: here a refused handshake).
+#[tokio::test]
+async fn every_metric_in_the_readme_is_exported_with_its_type() {
+    let app = spawn_app(&[]);
+    let mut req = app.ws_url().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static("other"));
+    assert!(tokio_tungstenite::connect_async(req).await.is_err());
+    let (status, text) = http(app.addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(status, 200);
+    let doc = readme();
+    let rows: Vec<(String, String)> = doc
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("| `switchboard_"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let name = backticked(cells[0])[0].clone();
+            let name = name.split('{').next().expect("name").to_string();
+            (name, cells[1].trim().to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 8, "README.md's metrics table: {rows:?}");
+    for (name, kind) in rows {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "/metrics has no {kind} {name}:\n{text}"
+        );
+    }
+    // And the table names every metric there is.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).expect("name");
+        assert!(doc.contains(&format!("`{name}")), "README.md lacks {name}");
+    }
+}
+
+/// docs/protocol.md, section 7: the worked example up to "The network drops", its `>`
+/// frames sent at once, gets its `<` frames (the `message` anywhere after `subscribed`).
+#[tokio::test]
+async fn the_protocol_worked_example_prints_what_it_shows() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
+        .expect("docs/protocol.md");
+    let example = block_after(&doc, "## 7. A worked example");
+    let first = example
+        .split("# The network drops")
+        .next()
+        .expect("the first part");
+    let sent: Vec<&str> = first.lines().filter_map(|l| l.strip_prefix("> ")).collect();
+    let shown: Vec<String> = first
+        .lines()
+        .filter_map(|l| l.strip_prefix("< "))
+        .map(str::to_string)
+        .collect();
+    assert!(sent.len() >= 4 && shown.len() >= 6, "{first}");
+
+    let app = spawn_app(&[]);
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(app.ws_url()))
+        .await
+        .expect("connect timeout")
+        .expect("connect");
+    for line in sent {
+        ws.send(Message::text(line)).await.expect("send");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < shown.len() {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after\n{}\nthe connection gave {other:?}", got.join("\n")),
+        }
+    }
+    assert_matches_shown("docs/protocol.md's worked example", &got, &shown);
+}
