@@ -4,7 +4,10 @@
 # runs three of these behind nginx, with Redis); on its own:
 #
 #   docker build -t switchboard .
-#   docker run --rm -p 8080:8080 -e SWITCHBOARD__API__KEYS=secret switchboard
+#   docker run --rm -p 127.0.0.1:8080:8080 -e SWITCHBOARD__API__KEYS=secret switchboard
+#
+# (published on the host's loopback only, as docker-compose.yml does; `-p 8080:8080` would
+# publish it on every interface of the host)
 #
 # The builder is rust:1 on bookworm, the same Debian release as the runtime stage, so the
 # binary never needs a newer glibc than the runtime has.
