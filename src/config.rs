@@ -5,9 +5,9 @@
 //! Unknown keys are refused (`deny_unknown_fields` everywhere) so that a typo in an operator's
 //! file or environment stops the program instead of silently running with a default; a
 //! refused value gets a message naming its key and where it came from (the variable or the
-//! file). How each kind of value is read is in [`values`]; `SWITCHBOARD_` variables that are
-//! not read are found by [`env`] (the binary warns about them); the TOML that
-//! `--check-config` prints is written by [`show`].
+//! file). How each kind of value is read is in `values`; `SWITCHBOARD_` variables that are
+//! not read are found by `env` (the binary warns about them); the TOML that
+//! `--check-config` prints is written by `show`.
 
 mod env;
 mod show;

@@ -33,9 +33,9 @@ use crate::outbox::{Outbox, WsFrame};
 /// reading) holds the socket no longer than this.
 pub(super) const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
-/// The body: the actor's own frames (`welcome`, control frames) go first within a poll (a Pong is not held behind
-/// a long run of deliveries); once the session closed, what its outbox still holds goes
-/// before the Close frame, and nothing enters the outbox after it.
+/// The body: the actor's own frames (`welcome`, control frames) go first within a poll, so
+/// a Pong is not held behind a long run of deliveries; once the session closed, what its
+/// outbox still holds goes before the Close frame, and nothing enters the outbox after it.
 pub(super) struct SessionBody<S> {
     /// The actor's own output stream.
     actor: S,

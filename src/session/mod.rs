@@ -1,14 +1,17 @@
 //! One WebSocket connection after its handshake: the session actor. It parses frames,
 //! enforces the per-connection limits (message size, subscriptions, publish rate,
 //! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
-//! subscriptions (in its outbox), and writes its replies. Deliveries do not pass through
-//! the actor: the broker queues them, already framed, in the session's outbox, and the
-//! connection's response body copies them out between the actor's own frames.
+//! subscriptions (in its outbox), and runs its commands one at a time, in the order they
+//! were sent. Its replies go into the outbox behind the deliveries queued before them: the
+//! broker queues deliveries there, already framed, without passing through the actor, and
+//! the connection's response body copies the outbox out between the actor's own frames.
 //!
-//! Files: [`handshake`] (the `/ws` route: checks, upgrade), this file (the actor and its
-//! commands), `publish` (rate limit and the ordered publish queue), `body` (the
-//! response body). It talks to the broker (subscriptions), the engine trait (publish,
-//! history, presence) and the registry; it never talks to Redis.
+//! Files: [`handshake`] (the `/ws` route: checks, upgrade), this file (the actor, its
+//! commands' turns and the subscribe/unsubscribe/refresh commands), `queue` (the command
+//! queue and its bounds), `publish` (the rate limit and `publish`), `queries` (`presence`
+//! and `history`), `body` (the response body, and when the connection ends). It talks to
+//! the broker (subscriptions), the engine trait (publish, history, presence) and the
+//! registry; it never talks to Redis.
 //!
 //! This is the only module that knows actix-web-actors (deprecated upstream in favour of
 //! actix-ws), so moving off it touches this directory only.

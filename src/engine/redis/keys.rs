@@ -1,6 +1,6 @@
 //! Key and channel names of one prefix: the one place that knows the Redis key layout
-//! (see ARCHITECTURE.md and the header of `migrations/0001_functions.lua`). Every other file
-//! of the engine asks [`Keys`] for a name; nothing here talks to Redis.
+//! (the header of `migrations/0001_functions.lua` says what each key holds). Every other
+//! file of the engine asks [`Keys`] for a name; nothing here talks to Redis.
 //!
 //! Per-channel keys carry the channel in a `{hash tag}`, so a channel's meta, history and
 //! presence land in one slot should the keys ever be spread over a Redis Cluster.
