@@ -8,7 +8,7 @@
 use super::ENV_PREFIX;
 
 /// Every key of the settings but the per-namespace ones (`namespaces.NAME.KEY`, with the
-/// keys of [`CHANNEL_KEYS`]). A unit test checks it against [`super::Settings`].
+/// keys of `CHANNEL_KEYS`). A unit test checks it against [`super::Settings`].
 pub const KEYS: &[&str] = &[
     "server.bind",
     "server.allowed_origins",

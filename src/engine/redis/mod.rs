@@ -22,7 +22,7 @@
 //! channel the node holds and fills the gaps from history. A second task refreshes this
 //! node's presence entries and its liveness/subscriber counts in `<p>:nodes`.
 //!
-//! Key layout (prefix `p`): see [`keys`] and the header of the migration file.
+//! Key layout (prefix `p`): see `keys.rs` and the header of the migration file.
 //! Lifetimes: history lives `history_ttl` after the last publication; the meta hash (offset
 //! and epoch) lives [`META_GRACE`] longer, so a client that comes back just after its history
 //! expired still sees the same epoch and a latest offset, and gets `recovered: false` only
