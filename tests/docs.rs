@@ -315,6 +315,33 @@ async fn readme_browser_snippet_and_curl_print_what_the_readme_shows() {
 
 /// README.md's websocat session: the lines typed after the command, sent as text frames on
 /// a connection that offers the subprotocol, get what the README shows.
+/// Sends `lines` as text frames, then reads `n` text frames back (Pings aside), within WAIT.
+async fn exchange<S>(
+    ws: &mut S,
+    lines: impl IntoIterator<Item = impl AsRef<str>>,
+    n: usize,
+) -> Vec<String>
+where
+    S: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+    <S as futures_util::Sink<Message>>::Error: std::fmt::Debug,
+{
+    for line in lines {
+        ws.send(Message::text(line.as_ref())).await.expect("send");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after\n{}\nthe connection gave {other:?}", got.join("\n")),
+        }
+    }
+    got
+}
+
 #[tokio::test]
 async fn readme_websocat_session_prints_what_the_readme_shows() {
     let doc = readme();
@@ -347,18 +374,7 @@ async fn readme_websocat_session_prints_what_the_readme_shows() {
         .await
         .expect("connect timeout")
         .expect("connect");
-    for line in lines {
-        ws.send(Message::text(line)).await.expect("send");
-    }
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while got.len() < shown.len() {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("after\n{}\nthe connection gave {other:?}", got.join("\n")),
-        }
-    }
+    let got = exchange(&mut ws, lines, shown.len()).await;
     assert_matches_shown("the websocat session", &got, &shown);
 }
 
@@ -575,17 +591,6 @@ async fn the_protocol_worked_example_prints_what_it_shows() {
         .await
         .expect("connect timeout")
         .expect("connect");
-    for line in sent {
-        ws.send(Message::text(line)).await.expect("send");
-    }
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while got.len() < shown.len() {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => got.push(t.to_string()),
-            Ok(Some(Ok(_))) => {}
-            other => panic!("after\n{}\nthe connection gave {other:?}", got.join("\n")),
-        }
-    }
+    let got = exchange(&mut ws, sent, shown.len()).await;
     assert_matches_shown("docs/protocol.md's worked example", &got, &shown);
 }
