@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ErrorCode, Id, StreamPosition, MAX_ID_LEN};
+use super::{json_depth, ErrorCode, Id, StreamPosition, MAX_DATA_DEPTH, MAX_ID_LEN};
 use crate::channel::ChannelName;
 
 /// A client command with its id.
@@ -182,10 +182,14 @@ pub fn parse_command(text: &str) -> Result<Request, CommandError> {
         },
         "publish" => {
             let channel = channel(&id, env.channel)?;
-            let data = env
-                .data
-                .ok_or_else(|| bad(&id, "missing field `data`"))?
-                .to_owned();
+            let data = env.data.ok_or_else(|| bad(&id, "missing field `data`"))?;
+            if json_depth(data.get()) > MAX_DATA_DEPTH {
+                return Err(bad(
+                    &id,
+                    format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"),
+                ));
+            }
+            let data = data.to_owned();
             Command::Publish { channel, data }
         }
         "ping" => Command::Ping,

@@ -30,6 +30,38 @@ pub const SUBPROTOCOL: &str = "switchboard.v1.json";
 /// Longest string `id` a command may carry, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
+/// How deep a publication's `data` may nest (arrays and objects inside one another). The
+/// `message` frame puts `data` one level down, and the JSON readers our clients use stop at
+/// 128 levels (serde_json) or soon after (Python near 1,000): 64 leaves room for all.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// How deep the arrays and objects of a valid JSON text nest (0 for a scalar). Counts
+/// brackets outside strings, in one pass, without building anything.
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// A command's `id`, echoed in its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

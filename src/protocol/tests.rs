@@ -324,3 +324,24 @@ proptest::proptest! {
         let _ = parse_command(&frame);
     }
 }
+
+#[test]
+fn json_depth_counts_brackets_outside_strings() {
+    assert_eq!(json_depth("1"), 0);
+    assert_eq!(json_depth(r#""[{""#), 0);
+    assert_eq!(json_depth("[]"), 1);
+    assert_eq!(json_depth(r#"{"a":[1,{"b":[]}],"c":{}}"#), 4);
+    assert_eq!(json_depth(r#"["\"[[[", [2]]"#), 2);
+    assert_eq!(json_depth(r#"["\\", [[3]]]"#), 3);
+    let deep = format!(
+        "{}{}",
+        "[".repeat(MAX_DATA_DEPTH + 1),
+        "]".repeat(MAX_DATA_DEPTH + 1)
+    );
+    assert_eq!(json_depth(&deep), MAX_DATA_DEPTH + 1);
+    let e = parse_command(&format!(
+        r#"{{"type":"publish","id":9,"channel":"c","data":{deep}}}"#
+    ))
+    .expect_err("too deep");
+    assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Num(9))));
+}

@@ -18,7 +18,10 @@ use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::engine::EngineError;
 use crate::node::Node;
-use crate::protocol::{ApiError, ErrorCode, StreamPosition};
+use crate::protocol::{ApiError, ErrorCode, Publication, StreamPosition};
+use body::Fields;
+
+mod body;
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
@@ -35,10 +38,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/presence/{channel}", web::get().to(presence))
                 .route("/history/{channel}", web::get().to(history))
                 .route("/disconnect", web::post().to(disconnect))
-                .default_service(web::to(|| async {
-                    ApiError::new(ErrorCode::NotFound, "no such API call").error_response()
-                })),
+                .default_service(web::to(no_such_call)),
         );
+}
+
+/// Any other `/api/*` request (an unknown path, or a known one with the wrong method): 401
+/// without a valid key, like every call, so the API cannot be mapped without one; else 404.
+async fn no_such_call(req: HttpRequest, node: web::Data<Node>) -> HttpResponse {
+    match authorize(&req, &node) {
+        Err(e) => e.error_response(),
+        Ok(()) => ApiError::new(ErrorCode::NotFound, "no such API call").error_response(),
+    }
 }
 
 async fn healthz() -> HttpResponse {
@@ -131,11 +141,6 @@ async fn read_body(
     Ok(body.freeze())
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
-}
-
 fn channel(name: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name).map_err(|e| ApiError::new(ErrorCode::InvalidChannel, e.to_string()))
 }
@@ -152,49 +157,36 @@ fn namespace(node: &Node, channel: &ChannelName) -> NamespaceOptions {
     node.namespaces.get(channel.namespace()).clone()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    channel: String,
-    data: Box<RawValue>,
-}
-
 async fn publish(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
     authorize(&req, &node)?;
     let body = read_body(&req, payload, &node).await?;
-    let b: PublishBody = parse_json(&body)?;
-    let ch = channel(&b.channel)?;
+    let fields = Fields::parse(&body, &["channel", "data"])?;
+    let ch = channel(&fields.string("channel")?)?;
+    let data = fields.data()?;
     let ns = namespace(&node, &ch);
     let r = node
         .engine
-        .publish(&ch, Arc::from(b.data), None, &ns)
+        .publish(&ch, Arc::from(data), None, &ns)
         .await
         .map_err(unavailable)?;
     node.metrics.publications.inc();
     Ok(HttpResponse::Ok().json(json!({"offset": r.offset, "epoch": &*r.epoch})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BroadcastBody {
-    channels: Vec<String>,
-    data: Box<RawValue>,
-}
-
 async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
     authorize(&req, &node)?;
     let body = read_body(&req, payload, &node).await?;
-    let b: BroadcastBody = parse_json(&body)?;
-    if b.channels.is_empty() {
+    let fields = Fields::parse(&body, &["channels", "data"])?;
+    let names = fields.strings("channels")?;
+    if names.is_empty() {
         return Err(ApiError::new(ErrorCode::BadRequest, "`channels` is empty"));
     }
     // Validate every name first, so a bad one publishes nothing.
-    let chans = b
-        .channels
+    let chans = names
         .iter()
         .map(|c| channel(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let data: Arc<RawValue> = Arc::from(b.data);
+    let data: Arc<RawValue> = Arc::from(fields.data()?);
     let mut results = Vec::with_capacity(chans.len());
     for ch in chans {
         let ns = namespace(&node, &ch);
@@ -252,7 +244,13 @@ async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node
     authorize(&req, &node)?;
     let ch = channel(&path)?;
     let q = web::Query::<HistoryQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid query: {e}")))?
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "invalid query: since_offset and limit are whole numbers, epoch is text, and \
+                 nothing else is taken",
+            )
+        })?
         .into_inner();
     let ns = namespace(&node, &ch);
     if ns.history_size == 0 {
@@ -277,29 +275,34 @@ async fn history(req: HttpRequest, path: web::Path<String>, node: web::Data<Node
         .history(&ch, since.as_ref(), limit, &ns)
         .await
         .map_err(unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "offset": h.offset,
-        "epoch": &*h.epoch,
-        "publications": h.publications,
-    })))
+    // Serialized straight from the stored publications: `data` is written as it was
+    // published, never parsed again (a value turned into `serde_json::Value` would meet
+    // serde's nesting limit on the way out).
+    Ok(HttpResponse::Ok().json(HistoryAnswer {
+        epoch: &h.epoch,
+        offset: h.offset,
+        publications: &h.publications,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DisconnectBody {
-    user: String,
+/// The answer of `GET /api/history/{channel}` (fields in the order `json!` wrote them).
+#[derive(serde::Serialize)]
+struct HistoryAnswer<'a> {
+    epoch: &'a str,
+    offset: u64,
+    publications: &'a [Publication],
 }
 
 async fn disconnect(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
     authorize(&req, &node)?;
     let body = read_body(&req, payload, &node).await?;
-    let b: DisconnectBody = parse_json(&body)?;
-    if b.user.is_empty() {
+    let user = Fields::parse(&body, &["user"])?.string("user")?;
+    if user.is_empty() {
         return Err(ApiError::new(ErrorCode::BadRequest, "`user` is empty"));
     }
     let n = node
         .engine
-        .disconnect_user(&b.user)
+        .disconnect_user(&user)
         .await
         .map_err(unavailable)?;
     Ok(HttpResponse::Ok().json(json!({ "disconnected": n })))
