@@ -2,6 +2,7 @@
 //! compared in constant time, bodies capped at `limits.max_message_size`), and the
 //! operator endpoints `/healthz`, `/readyz` and `/metrics`. Handlers talk to the engine and
 //! the broker through the shared [`Node`]; errors are `{"error":{"code","message"}}`.
+//! Request bodies are read by `body` (JSON objects only, field by field).
 
 use std::sync::Arc;
 
