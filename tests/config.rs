@@ -10,22 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::app::run_command;
+use common::app::{run_command, run_with_env as run_raw};
 use common::{http, try_spawn_app, Client, WAIT};
-
-/// Runs the binary with exactly `vars` as its environment (names as the operator types
-/// them, not configuration keys), in an empty directory.
-fn run_raw(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let dir = tempfile::tempdir().expect("tempdir");
-    Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .current_dir(dir.path())
-        .env_clear()
-        .env("RUST_LOG", "info")
-        .envs(vars.iter().copied())
-        .output()
-        .expect("run switchboard")
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -112,6 +112,20 @@ async fn rounds(s: &App, engine: &str) {
     }
 }
 
+/// A node on `redis` (its own key prefix) with `extra` settings, once it is ready.
+async fn on_redis(redis: &Redis, extra: &[(&str, &str)]) -> App {
+    let (url, prefix) = (redis.url(), unique_prefix());
+    let mut overrides = vec![
+        ("engine.kind", "redis"),
+        ("engine.redis_url", url.as_str()),
+        ("engine.prefix", prefix.as_str()),
+    ];
+    overrides.extend_from_slice(extra);
+    let s = spawn_app(&overrides);
+    s.wait_ready(200).await;
+    s
+}
+
 #[tokio::test]
 async fn pipelined_commands_take_effect_and_are_answered_in_order_memory() {
     let s = spawn_app(&[("limits.client_publish_rate", "100000")]);
@@ -121,14 +135,7 @@ async fn pipelined_commands_take_effect_and_are_answered_in_order_memory() {
 #[tokio::test]
 async fn pipelined_commands_take_effect_and_are_answered_in_order_redis() {
     let redis = Redis::start();
-    let prefix = unique_prefix();
-    let s = spawn_app(&[
-        ("engine.kind", "redis"),
-        ("engine.redis_url", &redis.url()),
-        ("engine.prefix", &prefix),
-        ("limits.client_publish_rate", "100000"),
-    ]);
-    s.wait_ready(200).await;
+    let s = on_redis(&redis, &[("limits.client_publish_rate", "100000")]).await;
     rounds(&s, "redis").await;
 }
 
@@ -138,15 +145,14 @@ async fn pipelined_commands_take_effect_and_are_answered_in_order_redis() {
 #[tokio::test]
 async fn waiting_commands_are_bounded_at_the_edge() {
     let redis = Redis::start();
-    let prefix = unique_prefix();
-    let s = spawn_app(&[
-        ("engine.kind", "redis"),
-        ("engine.redis_url", &redis.url()),
-        ("engine.prefix", &prefix),
-        ("limits.client_publish_rate", "1"),
-        ("limits.max_subscriptions_per_connection", "2"),
-    ]);
-    s.wait_ready(200).await;
+    let s = on_redis(
+        &redis,
+        &[
+            ("limits.client_publish_rate", "1"),
+            ("limits.max_subscriptions_per_connection", "2"),
+        ],
+    )
+    .await;
     let mut c = s.client().await;
     // Redis stops answering: the publish runs until the engine gives up on it, and the
     // commands behind it wait.

@@ -329,13 +329,21 @@ impl Drop for App {
 
 /// Runs the binary once to completion (a subcommand such as `migrate`) with `overrides`.
 pub fn run_command(args: &[&str], overrides: &[(&str, &str)]) -> std::process::Output {
+    let vars = environment(overrides);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+    run_with_env(args, &vars)
+}
+
+/// Runs the binary once to completion, in an empty directory, with exactly `vars` as its
+/// environment (names as an operator types them) besides `RUST_LOG=info`.
+pub fn run_with_env(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
     Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(args)
         .current_dir(dir.path())
         .env_clear()
         .env("RUST_LOG", "info")
-        .envs(environment(overrides))
+        .envs(vars.iter().copied())
         .output()
         .expect("run switchboard")
 }
