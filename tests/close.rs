@@ -3,7 +3,7 @@
 //! as Python's `websockets` wait for it in every `close()`). Whoever closes first, the
 //! client here then only reads, and must see the end of the stream (EOF, not a reset).
 //!
-//! The client speaks RFC 6455 over a raw TCP socket, because the moment the server closes
+//! The client speaks RFC 6455 over a raw TCP socket (tests/common/raw.rs), because the moment the server closes
 //! the connection is what is tested: WebSocket client libraries end their `close()` at the
 //! Close frame without showing when the TCP connection ended.
 //!
@@ -14,149 +14,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::raw::{close_payload, masked, RawWs, BINARY, CLOSE, TEXT};
 use common::{now, spawn_app, token, WAIT};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 /// How soon after the close handshake the server must have closed the connection.
 const PROMPT: Duration = Duration::from_millis(400);
 
 const KEY: &str = "k-close";
 const SECRET: &str = "close-secret";
-
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-
-/// A WebSocket client on a raw socket: masked frames out, frames in, and the socket's end.
-struct RawWs {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawWs {
-    /// Opens `/ws{query}` and reads the `welcome` frame.
-    async fn connect(addr: SocketAddr, query: &str) -> RawWs {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!(
-            "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut ws = RawWs {
-            stream,
-            buf: Vec::new(),
-        };
-        let end = loop {
-            if let Some(i) = ws.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            ws.fill().await;
-        };
-        let head = String::from_utf8_lossy(&ws.buf[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        ws.buf.drain(..end);
-        let (op, welcome) = ws.frame().await;
-        assert_eq!(op, TEXT);
-        assert!(welcome.starts_with(br#"{"type":"welcome""#), "{welcome:?}");
-        ws
-    }
-
-    /// Reads more bytes; the server must not end the stream here.
-    async fn fill(&mut self) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
-            .await
-            .expect("read timeout")
-            .expect("read");
-        assert!(n > 0, "the server closed the connection early");
-        self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    /// The next frame from the server: opcode and payload.
-    async fn frame(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            if self.buf.len() >= 2 {
-                assert_eq!(self.buf[1] & 0x80, 0, "the server masked a frame");
-                let head = match self.buf[1] & 0x7f {
-                    126 => 4,
-                    127 => panic!("no frame of these tests is that long"),
-                    _ => 2,
-                };
-                if self.buf.len() >= head {
-                    let len = match head {
-                        4 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize,
-                        _ => (self.buf[1] & 0x7f) as usize,
-                    };
-                    if self.buf.len() >= head + len {
-                        let op = self.buf[0] & 0x0f;
-                        let payload = self.buf[head..head + len].to_vec();
-                        self.buf.drain(..head + len);
-                        return (op, payload);
-                    }
-                }
-            }
-            self.fill().await;
-        }
-    }
-
-    /// Frames until the server's Close: the texts before it, and its code.
-    async fn until_close(&mut self) -> (Vec<String>, u16) {
-        let mut texts = Vec::new();
-        loop {
-            match self.frame().await {
-                (CLOSE, p) => {
-                    assert!(p.len() >= 2, "Close without a code");
-                    return (texts, u16::from_be_bytes([p[0], p[1]]));
-                }
-                (TEXT, p) => texts.push(String::from_utf8(p).expect("UTF-8")),
-                _ => {}
-            }
-        }
-    }
-
-    /// Sends a masked frame.
-    async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked(opcode, payload))
-            .await
-            .expect("write");
-    }
-
-    /// How long until the server ends the stream, reading nothing more, within `limit`.
-    async fn eof_within(&mut self, limit: Duration) -> Duration {
-        assert!(self.buf.is_empty(), "bytes after the Close: {:?}", self.buf);
-        let start = Instant::now();
-        let mut chunk = [0u8; 64];
-        match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => start.elapsed(),
-            Ok(Ok(n)) => panic!("bytes after the Close: {:?}", &chunk[..n]),
-            Ok(Err(e)) => panic!("the connection ended with an error, not an EOF: {e}"),
-            Err(_) => panic!(
-                "the server had not closed the connection {limit:?} after the close handshake"
-            ),
-        }
-    }
-}
-
-/// A client frame: final, masked, with `payload` (under 126 bytes).
-fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x5a, 0x0f, 0xc3, 0x81];
-    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    f
-}
-
-fn close_payload(code: u16) -> Vec<u8> {
-    code.to_be_bytes().to_vec()
-}
 
 #[tokio::test]
 async fn after_the_clients_close_the_server_closes_the_connection_at_once() {
@@ -170,8 +39,8 @@ async fn after_the_clients_close_the_server_closes_the_connection_at_once() {
 
     // A Close sent right behind a command, in the same write: the reply, the Close, the end.
     let mut c = RawWs::connect(s.addr, "").await;
-    let mut both = masked(TEXT, br#"{"type":"ping","id":1}"#);
-    both.extend(masked(CLOSE, &close_payload(1000)));
+    let mut both = masked(TEXT, true, br#"{"type":"ping","id":1}"#);
+    both.extend(masked(CLOSE, true, &close_payload(1000)));
     c.stream.write_all(&both).await.expect("write");
     let (texts, code) = c.until_close().await;
     assert_eq!(texts, [r#"{"type":"pong","id":1}"#]);

@@ -1,10 +1,13 @@
-//! The `/ws` handshake: checks origin (403), subprotocol (400), token (401) and capacity
-//! (503), in the order the contract gives, answering refusals with the HTTP error body;
+//! The `/ws` handshake: checks origin (403), subprotocol (400), token (401), the upgrade
+//! request itself (400, or 426 for a version other than 13) and capacity (503), in that
+//! order, answering refusals with the HTTP error body;
 //! then upgrades the connection and starts a [`Session`] whose response body is a
 //! `SessionBody`, and which reads the client through it.
 
-use actix_web::{http::header, web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::http::{header, StatusCode, Version};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use actix_web_actors::ws;
+use base64::Engine as _;
 use serde::Deserialize;
 
 use super::body::{ClientSide, ClientStream, SessionBody};
@@ -18,21 +21,22 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// `GET /ws`: checks origin (403), subprotocol (400), token (401) and capacity (503), in
-/// that order, then upgrades and starts a [`Session`].
+/// `GET /ws`: checks origin (403), subprotocol (400), token (401), the upgrade request
+/// (400/426) and capacity (503), in that order, then upgrades and starts a [`Session`].
 pub async fn ws_route(
     req: HttpRequest,
     stream: web::Payload,
     node: web::Data<Node>,
 ) -> HttpResponse {
-    let refuse = |code: ErrorCode, message: &str| {
-        let e = ApiError::new(code, message);
+    let counted = |response: HttpResponse| {
         node.metrics
             .refused
-            .with_label_values(&[e.status_code().as_str()])
+            .with_label_values(&[response.status().as_str()])
             .inc();
-        e.error_response()
+        response
     };
+    let refuse =
+        |code: ErrorCode, message: &str| counted(ApiError::new(code, message).error_response());
     let allowed = &node.settings.server.allowed_origins;
     if !allowed.iter().any(|o| o == "*") {
         if let Some(origin) = req.headers().get(header::ORIGIN) {
@@ -88,6 +92,36 @@ pub async fn ws_route(
             Err(e) => return refuse(ErrorCode::Unauthorized, &e.to_string()),
         },
     };
+    // The upgrade itself, before capacity so that no malformed request holds a place.
+    let upgrade = ws::handshake_with_protocols(&req, &[SUBPROTOCOL])
+        .map_err(|e| match e {
+            ws::HandshakeError::UnsupportedVersion => UpgradeRefusal::Version,
+            other => UpgradeRefusal::NotUpgrade(other),
+        })
+        .and_then(|response| check_upgrade(&req).map(|()| response));
+    let mut response = match upgrade {
+        Ok(response) => response,
+        Err(UpgradeRefusal::Version) => {
+            let mut refused = ApiError::new(
+                ErrorCode::BadRequest,
+                "unsupported Sec-WebSocket-Version: this server speaks version 13",
+            )
+            .error_response();
+            *refused.status_mut() = StatusCode::UPGRADE_REQUIRED;
+            refused.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                header::HeaderValue::from_static("13"),
+            );
+            return counted(refused);
+        }
+        Err(UpgradeRefusal::Malformed(why)) => return refuse(ErrorCode::BadRequest, why),
+        Err(UpgradeRefusal::NotUpgrade(e)) => {
+            return refuse(
+                ErrorCode::BadRequest,
+                &format!("not a WebSocket upgrade: {e}"),
+            )
+        }
+    };
     // Capacity, the last check: a draining node takes no new connection.
     if node.is_draining() {
         return refuse(ErrorCode::Unavailable, "the node is shutting down");
@@ -96,16 +130,6 @@ pub async fn ws_route(
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
     let max = node.settings.limits.max_message_size;
-    let mut response = match ws::handshake_with_protocols(&req, &[SUBPROTOCOL]) {
-        Ok(r) => r,
-        Err(e) => {
-            return ApiError::new(
-                ErrorCode::BadRequest,
-                format!("not a WebSocket upgrade: {e}"),
-            )
-            .error_response()
-        }
-    };
     let session = Session::new(node.clone(), identity, slot);
     let outbox = session.outbox.clone();
     let codec = actix_http::ws::Codec::new().max_size(max);
@@ -114,4 +138,87 @@ pub async fn ws_route(
     let client = ClientSide::new(stream);
     let actor = ws::WebsocketContext::with_codec(session, ClientStream(client.clone()), codec);
     response.streaming(SessionBody::new(actor, outbox, client))
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, PartialEq)]
+enum UpgradeRefusal {
+    /// Not a WebSocket upgrade at all (actix-web-actors' verdict): HTTP 400.
+    NotUpgrade(ws::HandshakeError),
+    /// A `Sec-WebSocket-Version` other than 13: HTTP 426, naming the version we speak.
+    Version,
+    /// Not what RFC 6455 section 4.1 requires of a client: HTTP 400.
+    Malformed(&'static str),
+}
+
+/// The opening handshake, once actix-web-actors took it as an upgrade, as strictly as
+/// RFC 6455 section 4.2.1 reads where actix-web-actors is lax: it also takes versions 7 and 8 (drafts whose framing differs),
+/// any `Sec-WebSocket-Key`, and HTTP/1.0 (which has no `Upgrade`).
+fn check_upgrade(req: &HttpRequest) -> Result<(), UpgradeRefusal> {
+    if req.version() != Version::HTTP_11 {
+        return Err(UpgradeRefusal::Malformed(
+            "a WebSocket handshake must be an HTTP/1.1 request",
+        ));
+    }
+    let headers = req.headers();
+    let versions: Vec<_> = headers.get_all(header::SEC_WEBSOCKET_VERSION).collect();
+    if versions.len() != 1 || versions[0].as_bytes() != b"13" {
+        return Err(UpgradeRefusal::Version);
+    }
+    let keys: Vec<_> = headers.get_all(header::SEC_WEBSOCKET_KEY).collect();
+    let nonce = match keys.as_slice() {
+        [key] => base64::engine::general_purpose::STANDARD.decode(key.as_bytes()),
+        _ => {
+            return Err(UpgradeRefusal::Malformed(
+                "exactly one Sec-WebSocket-Key is required",
+            ))
+        }
+    };
+    match nonce {
+        Ok(bytes) if bytes.len() == 16 => Ok(()),
+        _ => Err(UpgradeRefusal::Malformed(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn upgrade(version: &str, key: &str) -> TestRequest {
+        TestRequest::get()
+            .insert_header((header::SEC_WEBSOCKET_VERSION, version))
+            .insert_header((header::SEC_WEBSOCKET_KEY, key))
+    }
+
+    #[test]
+    fn only_version_13_with_a_16_byte_key_over_http_1_1_passes() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let check = |r: TestRequest| check_upgrade(&r.to_http_request());
+        assert_eq!(check(upgrade("13", key)), Ok(()));
+        for version in ["8", "7", "14", "13, 8", ""] {
+            assert_eq!(
+                check(upgrade(version, key)),
+                Err(UpgradeRefusal::Version),
+                "{version}"
+            );
+        }
+        // 15 and 17 bytes, a 3-byte key, not base64, 16 bytes without padding.
+        for bad in [
+            "dGhlIHNhbXBsZSBub25j",
+            "dGhlIHNhbXBsZSBub25jZXM=",
+            "YWJj",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+            "dGhlIHNhbXBsZSBub25jZQ",
+        ] {
+            assert!(
+                matches!(check(upgrade("13", bad)), Err(UpgradeRefusal::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let old = upgrade("13", key).version(Version::HTTP_10);
+        assert!(matches!(check(old), Err(UpgradeRefusal::Malformed(_))));
+    }
 }

@@ -70,6 +70,8 @@ pub enum Item {
 pub struct Codec {
     flags: Flags,
     max_size: usize,
+    /// Switchboard patch: bytes of the fragmented message being received so far.
+    continued: usize,
 }
 
 bitflags! {
@@ -90,6 +92,7 @@ impl Codec {
         Codec {
             max_size: DEFAULT_MAX_FRAME_SIZE,
             flags: Flags::SERVER,
+            continued: 0,
         }
     }
 
@@ -222,11 +225,25 @@ impl Decoder for Codec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        let Some((finished, opcode, payload)) =
-            Parser::parse(src, self.flags.contains(Flags::SERVER), self.max_size)?
+        let Some((finished, opcode, payload)) = Parser::parse_limited(
+            src,
+            self.flags.contains(Flags::SERVER),
+            self.max_size,
+            self.continued,
+        )?
         else {
             return Ok(None);
         };
+
+        // Switchboard patch: the running length of a fragmented message, so that its next
+        // frame is refused at its header once the message would pass `max_size`.
+        let len = payload.as_ref().map_or(0, |pl| pl.len());
+        match (opcode, finished) {
+            (OpCode::Text | OpCode::Binary, false) => self.continued = len,
+            (OpCode::Continue, false) => self.continued += len,
+            (OpCode::Continue, true) => self.continued = 0,
+            _ => {}
+        }
 
         if !finished {
             return match opcode {

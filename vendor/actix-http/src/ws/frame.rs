@@ -153,11 +153,35 @@ impl Parser {
         server: bool,
         max_size: usize,
     ) -> Result<Option<(bool, OpCode, Option<BytesMut>)>, ProtocolError> {
+        Parser::parse_limited(src, server, max_size, 0)
+    }
+
+    /// Switchboard patch: [`Parser::parse`], refusing a frame whose declared length passes
+    /// the limit as soon as its header has arrived, before any of its payload is buffered.
+    /// `continued` is the length of the fragmented message so far: a continuation frame may
+    /// only bring it up to `max_size`, so the limit bounds a whole message, not each frame.
+    pub fn parse_limited(
+        src: &mut BytesMut,
+        server: bool,
+        max_size: usize,
+        continued: usize,
+    ) -> Result<Option<(bool, OpCode, Option<BytesMut>)>, ProtocolError> {
         // try to parse ws frame metadata
         let (idx, finished, opcode, length, mask) = match Parser::parse_metadata(src, server)? {
             None => return Ok(None),
             Some(res) => res,
         };
+
+        // Switchboard patch: upstream compares the length with the limit only once the whole
+        // payload is in `src`, and its caller keeps reading into `src` meanwhile, so a header
+        // declaring 2^62 bytes held memory for as long as the client streamed.
+        let limit = match opcode {
+            OpCode::Continue => max_size.saturating_sub(continued),
+            _ => max_size,
+        };
+        if length > limit {
+            return Err(ProtocolError::Overflow);
+        }
 
         // Live on 32-bit targets, where `u32::MAX` fits a `usize` and overflows this. On 64-bit
         // it cannot fire: overflowing needs a length above `u64::MAX - idx`, which has the most
