@@ -22,9 +22,9 @@ use switchboard::channel::ChannelName;
 use switchboard::config::{HumanDuration, NamespaceOptions, Settings};
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::{
-    migrate, MigrateError, RedisEngine, RedisOptions, RedisStartError, SCHEMA_VERSION,
+    migrate, MigrateError, RedisEngine, RedisOptions, RedisStartError, MIGRATIONS, SCHEMA_VERSION,
 };
-use switchboard::engine::{Engine, EngineError, EngineHandler};
+use switchboard::engine::{Engine, EngineError, EngineHandler, NO_EPOCH};
 use switchboard::protocol::{ClientInfo, StreamPosition};
 
 fn options(redis: &Redis, prefix: &str, node: &str) -> RedisOptions {
@@ -276,13 +276,20 @@ async fn conformance(engine: Arc<dyn Engine>) {
     assert!(!h.recovered);
     assert!(h.publications.is_empty());
 
-    // A channel never published: offset 0, and its first publication keeps that epoch.
+    // A channel never published nor joined: a query answers offset 0 with no epoch and
+    // keeps nothing; a join gives it the epoch its first publication then carries.
     let fresh = ch("conf:fresh");
     let h = engine
         .history(&fresh, None, 10, &ns10)
         .await
         .expect("fresh");
+    assert_eq!((h.offset, &*h.epoch), (0, NO_EPOCH));
+    let h = engine
+        .join_history(&fresh, None, 0, &ns10)
+        .await
+        .expect("fresh join");
     assert_eq!(h.offset, 0);
+    assert_ne!(&*h.epoch, NO_EPOCH);
     let r = engine
         .publish(&fresh, data(serde_json::json!(1)), None, &ns10)
         .await
@@ -422,14 +429,14 @@ async fn three_nodes_starting_together_migrate_once() {
         .query_async(&mut con)
         .await
         .expect("migration log");
-    assert_eq!(log.len(), 1, "applied once: {log:?}");
+    assert_eq!(log.len(), MIGRATIONS.len(), "each applied once: {log:?}");
     let libs: redis::Value = redis::cmd("FUNCTION")
         .arg("LIST")
         .query_async(&mut con)
         .await
         .expect("list");
     match libs {
-        redis::Value::Array(l) => assert_eq!(l.len(), 1, "one library"),
+        redis::Value::Array(l) => assert_eq!(l.len(), MIGRATIONS.len(), "one library each"),
         other => panic!("unexpected FUNCTION LIST reply {other:?}"),
     }
     // The stand-alone migration agrees and applies nothing more.

@@ -162,7 +162,9 @@ impl BrokerShard {
                     engine.presence_add(&channel, &info, &ns).await?;
                 }
                 let limit = if since.is_some() { ns.history_size } else { 0 };
-                engine.history(&channel, since.as_ref(), limit, &ns).await
+                engine
+                    .join_history(&channel, since.as_ref(), limit, &ns)
+                    .await
             }
             .await;
             addr.do_send(JoinReady {

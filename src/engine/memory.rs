@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 
 use super::{
     recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
+    NO_EPOCH,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -96,6 +97,56 @@ impl MemoryEngine {
     fn shard(&self, channel: &ChannelName) -> &Mutex<Shard> {
         let h = foldhash::fast::FixedState::default().hash_one(channel);
         &self.shards[(h as usize) % LOCK_SHARDS]
+    }
+
+    /// A history read; `create` gives a channel without state its epoch (a subscription
+    /// joining), else such a channel answers [`NO_EPOCH`] and nothing is kept.
+    fn read(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        create: bool,
+    ) -> HistoryResult {
+        let now = Instant::now();
+        let mut shard = self.shard(channel).lock();
+        if !create && !shard.channels.contains_key(channel) {
+            return HistoryResult {
+                offset: 0,
+                epoch: Arc::from(NO_EPOCH),
+                publications: Vec::new(),
+                recovered: false,
+            };
+        }
+        let state = shard
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(ChannelState::new);
+        state.drop_expired(now);
+        // Only the publications returned are cloned, never the whole history.
+        let held = state.history.iter().map(|e| &e.publication);
+        let (publications, recovered) = match since {
+            Some(pos) => {
+                // One more than `limit` is not needed, but at least one is: it tells
+                // whether the gap after `since` is still held.
+                let after = held
+                    .filter(|p| p.offset > pos.offset)
+                    .take(limit.max(1))
+                    .cloned()
+                    .collect();
+                recover_after(pos, state.offset, &state.epoch, after, limit)
+            }
+            None => {
+                let skip = state.history.len().saturating_sub(limit);
+                (held.skip(skip).cloned().collect(), false)
+            }
+        };
+        HistoryResult {
+            offset: state.offset,
+            epoch: state.epoch.clone(),
+            publications,
+            recovered,
+        }
     }
 
     /// Forgets channels whose history has expired and that nobody on the node subscribes to,
@@ -203,37 +254,17 @@ impl Engine for MemoryEngine {
         limit: usize,
         _ns: &NamespaceOptions,
     ) -> Result<HistoryResult, EngineError> {
-        let now = Instant::now();
-        let mut shard = self.shard(channel).lock();
-        let state = shard
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(ChannelState::new);
-        state.drop_expired(now);
-        // Only the publications returned are cloned, never the whole history.
-        let held = state.history.iter().map(|e| &e.publication);
-        let (publications, recovered) = match since {
-            Some(pos) => {
-                // One more than `limit` is not needed, but at least one is: it tells
-                // whether the gap after `since` is still held.
-                let after = held
-                    .filter(|p| p.offset > pos.offset)
-                    .take(limit.max(1))
-                    .cloned()
-                    .collect();
-                recover_after(pos, state.offset, &state.epoch, after, limit)
-            }
-            None => {
-                let skip = state.history.len().saturating_sub(limit);
-                (held.skip(skip).cloned().collect(), false)
-            }
-        };
-        Ok(HistoryResult {
-            offset: state.offset,
-            epoch: state.epoch.clone(),
-            publications,
-            recovered,
-        })
+        Ok(self.read(channel, since, limit, false))
+    }
+
+    async fn join_history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        _ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        Ok(self.read(channel, since, limit, true))
     }
 
     async fn presence_add(

@@ -102,9 +102,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Stops receiving the channel's publications on this node.
     async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError>;
 
-    /// Reads history: with `since`, the first `limit` publications after it; without, the
-    /// newest `limit`. `limit` 0 returns only the position.
+    /// Reads history for a `history` query: with `since`, the first `limit` publications
+    /// after it; without, the newest `limit`. `limit` 0 returns only the position. Creates
+    /// nothing: a channel without state (never published to, no subscriber) answers offset
+    /// 0 and the epoch [`NO_EPOCH`], so reading unknown channels costs no memory.
     async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError>;
+
+    /// Reads history for a subscription joining the channel, as [`Engine::history`] does,
+    /// but a channel without state gets its epoch now: the subscriber's position is then in
+    /// the epoch the channel's first publication will carry, and recovers from it.
+    async fn join_history(
         &self,
         channel: &ChannelName,
         since: Option<&StreamPosition>,
@@ -136,6 +149,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Disconnects the user's sessions on every node; returns how many.
     async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError>;
 }
+
+/// The epoch a `history` query answers for a channel that has no state: no publication
+/// was made in any epoch it could name. A `since` in it recovers nothing.
+pub const NO_EPOCH: &str = "";
 
 /// The recovery rule both engines apply to a `since` read. `after` holds publications
 /// after `since.offset`, oldest first, at least the first one when it is still held. The

@@ -384,7 +384,17 @@ impl Engine for RedisEngine {
         limit: usize,
         ns: &NamespaceOptions,
     ) -> Result<HistoryResult, EngineError> {
-        stream::history(&self.inner, channel, since, limit, ns).await
+        stream::history(&self.inner, channel, since, limit, ns, false).await
+    }
+
+    async fn join_history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        ns: &NamespaceOptions,
+    ) -> Result<HistoryResult, EngineError> {
+        stream::history(&self.inner, channel, since, limit, ns, true).await
     }
 
     async fn presence_add(

@@ -18,15 +18,19 @@ use crate::config::Settings;
 /// The migrations this build knows, in order: (schema version, function library source).
 /// Each library is named `switchboard_v<N>` and its functions `switchboard_v<N>_*`, because
 /// Redis function names are global and two versions must be loadable side by side.
-pub const MIGRATIONS: &[(u32, &str)] =
-    &[(1, include_str!("../../../migrations/0001_functions.lua"))];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_functions.lua")),
+    (2, include_str!("../../../migrations/0002_reads.lua")),
+];
 
 /// The highest schema version this build knows (the last of [`MIGRATIONS`]).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
-// The functions this build calls, all of the library of [`SCHEMA_VERSION`].
+// The functions this build calls, each from the library that brought it (every library of
+// [`MIGRATIONS`] is loaded).
 pub(super) const FN_PUBLISH: &str = "switchboard_v1_publish";
 pub(super) const FN_HISTORY: &str = "switchboard_v1_history";
+pub(super) const FN_READ: &str = "switchboard_v2_read";
 pub(super) const FN_RANGE: &str = "switchboard_v1_range";
 pub(super) const FN_PRESENCE_ADD: &str = "switchboard_v1_presence_add";
 pub(super) const FN_PRESENCE_LIST: &str = "switchboard_v1_presence_list";
@@ -286,9 +290,17 @@ mod tests {
             library_names(list.clone()),
             vec!["switchboard_v1".to_string()]
         );
-        assert!(up_to_date(1, &library_names(list)));
-        assert!(!up_to_date(1, &[]), "a flushed library is re-applied");
-        assert!(!up_to_date(0, &["switchboard_v1".to_string()]));
+        let all: Vec<String> = MIGRATIONS.iter().map(|(v, _)| library_name(*v)).collect();
+        assert!(up_to_date(SCHEMA_VERSION, &all));
+        assert!(
+            !up_to_date(SCHEMA_VERSION, &library_names(list)),
+            "a missing library is applied"
+        );
+        assert!(
+            !up_to_date(SCHEMA_VERSION, &[]),
+            "a flushed library is re-applied"
+        );
+        assert!(!up_to_date(SCHEMA_VERSION - 1, &all));
     }
 
     #[test]
@@ -301,19 +313,22 @@ mod tests {
     }
 
     #[test]
-    fn called_functions_are_in_the_current_library() {
-        let current = format!("{}_", library_name(SCHEMA_VERSION));
-        let (_, source) = MIGRATIONS[MIGRATIONS.len() - 1];
+    fn called_functions_are_registered_by_the_library_their_name_gives() {
         for f in [
             FN_PUBLISH,
             FN_HISTORY,
+            FN_READ,
             FN_RANGE,
             FN_PRESENCE_ADD,
             FN_PRESENCE_LIST,
             FN_NODE_BEAT,
             FN_LIVE_NODES,
         ] {
-            assert!(f.starts_with(&current), "{f}");
+            let source = MIGRATIONS
+                .iter()
+                .find(|(v, _)| f.starts_with(&format!("{}_", library_name(*v))))
+                .map(|(_, source)| *source)
+                .unwrap_or_else(|| panic!("{f}: no migration's library"));
             assert!(source.contains(&format!("'{f}'")), "{f} is registered");
         }
     }

@@ -15,7 +15,7 @@ use super::ordering::History;
 use super::resp::{
     fcall, ms, parse_stream_reply, value_array, value_string, value_u64, CmdError, StreamReply,
 };
-use super::schema::{FN_HISTORY, FN_PUBLISH, FN_RANGE};
+use super::schema::{FN_HISTORY, FN_PUBLISH, FN_RANGE, FN_READ};
 use super::Inner;
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -111,12 +111,16 @@ pub(super) async fn push(
     inner.command(&cmd).await.map(|_| ())
 }
 
+/// A history read; `create` gives a channel without state its epoch (a subscription
+/// joining: `switchboard_v1_history`), else such a channel answers offset 0 with no epoch
+/// and nothing is written (a query: `switchboard_v2_read`).
 pub(super) async fn history(
     inner: &Inner,
     channel: &ChannelName,
     since: Option<&StreamPosition>,
     limit: usize,
     ns: &NamespaceOptions,
+    create: bool,
 ) -> Result<HistoryResult, EngineError> {
     let keys = &inner.keys;
     let (meta, history) = (keys.meta(channel.as_str()), keys.history(channel.as_str()));
@@ -126,12 +130,19 @@ pub(super) async fn history(
         Some(pos) => (pos.offset.saturating_add(1), limit.max(1)),
         None => (0, limit),
     };
-    let cmd = fcall(FN_HISTORY, &[&meta, &history])
-        .arg(new_epoch())
-        .arg(ms(ns.history_ttl.0 + META_GRACE))
-        .arg(from)
-        .arg(count)
-        .clone();
+    let cmd = if create {
+        fcall(FN_HISTORY, &[&meta, &history])
+            .arg(new_epoch())
+            .arg(ms(ns.history_ttl.0 + META_GRACE))
+            .arg(from)
+            .arg(count)
+            .clone()
+    } else {
+        fcall(FN_READ, &[&meta, &history])
+            .arg(from)
+            .arg(count)
+            .clone()
+    };
     let (latest, epoch, entries) = parse_stream_reply(inner.fcall(&cmd).await?)
         .ok_or_else(|| CmdError::Reply("history").into_engine())?;
     let epoch: Arc<str> = Arc::from(epoch);
