@@ -199,6 +199,10 @@ pub struct LimitSettings {
     /// Publishes per second one connection may make, with a burst of as many.
     #[serde(deserialize_with = "unsigned")]
     pub client_publish_rate: u32,
+    /// Subscribe, history and presence commands per second one connection may send, with a
+    /// burst of as many: what reaches the engine besides publications.
+    #[serde(deserialize_with = "unsigned")]
+    pub client_command_rate: u32,
     /// Malformed commands in a row before the connection is closed with 4004.
     #[serde(deserialize_with = "unsigned")]
     pub max_errors: u32,
@@ -212,6 +216,7 @@ impl Default for LimitSettings {
             max_connections: 100_000,
             max_pending_bytes: 1_048_576,
             client_publish_rate: 100,
+            client_command_rate: 300,
             max_errors: 10,
         }
     }
@@ -410,6 +415,9 @@ impl Settings {
         }
         if self.limits.client_publish_rate == 0 {
             return err("limits.client_publish_rate", "must be more than zero");
+        }
+        if self.limits.client_command_rate == 0 {
+            return err("limits.client_command_rate", "must be more than zero");
         }
         if self.limits.max_connections == 0 {
             return err("limits.max_connections", "must be more than zero");

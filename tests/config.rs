@@ -75,6 +75,7 @@ fn numbers_from_the_environment_are_refused_in_plain_words() {
         "limits.max_connections",
         "limits.max_pending_bytes",
         "limits.client_publish_rate",
+        "limits.client_command_rate",
         "limits.max_errors",
         "channels.history_size",
         "namespaces.chat.history_size",

@@ -32,6 +32,7 @@ pub const KEYS: &[&str] = &[
     "limits.max_connections",
     "limits.max_pending_bytes",
     "limits.client_publish_rate",
+    "limits.client_command_rate",
     "limits.max_errors",
     "channels.anonymous",
     "channels.allow_publish",

@@ -21,6 +21,7 @@ pub mod handshake;
 mod publish;
 mod queries;
 mod queue;
+mod rate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -44,8 +45,8 @@ use crate::protocol::{
 };
 use crate::registry::Slot;
 pub use handshake::ws_route;
-use publish::TokenBucket;
 use queue::{CommandQueue, Queued};
+use rate::TokenBucket;
 
 /// The session actor.
 pub struct Session {
@@ -60,7 +61,10 @@ pub struct Session {
     next_sub: u64,
     /// Malformed commands in a row.
     errors: u32,
+    /// `limits.client_publish_rate`.
     bucket: TokenBucket,
+    /// `limits.client_command_rate`: subscribe, history, presence.
+    engine_bucket: TokenBucket,
     /// Commands wait here for their turn, so they take effect and are answered in order.
     commands: CommandQueue,
     /// The subscription whose `subscribed` reply (or failure) the queue waits for.
@@ -95,6 +99,7 @@ impl Session {
                 node.broker.pressure(),
             )),
             bucket: TokenBucket::new(limits.client_publish_rate, Instant::now()),
+            engine_bucket: TokenBucket::new(limits.client_command_rate, Instant::now()),
             node,
             client,
             identity,
