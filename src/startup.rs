@@ -107,6 +107,7 @@ impl Application {
                 format!("cannot bind {}: {e}", settings.server.bind),
             )
         })?;
+        stalled_output_ends_connection(&listener, settings.heartbeat.timeout.0)?;
         let addr = listener.local_addr()?;
         let workers = settings.workers();
         let node = web::Data::from(Node::build(settings).await?);
@@ -259,4 +260,29 @@ pub async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Sets TCP_USER_TIMEOUT on the listener, which the connections it accepts inherit: a
+/// connection whose output has not moved for `timeout` (unacknowledged, or held back by a
+/// peer that keeps its receive window at zero) is aborted by the kernel.
+///
+/// Why: actix-web-actors runs a session as the body of the 101 response, and the HTTP layer
+/// polls that body only while its write buffer has room. A client that stops reading thus
+/// stops its session too: the `slow_consumer` close decided for it, and its heartbeat, never
+/// run, and the connection with up to `limits.max_pending_bytes` of output would stay for as
+/// long as the client kept it open. The heartbeat's own timeout is the natural bound: a
+/// peer that takes nothing for that long is as dead as one that sends nothing.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn stalled_output_ends_connection(
+    listener: &TcpListener,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_user_timeout(Some(timeout))
+}
+
+/// Elsewhere there is no TCP_USER_TIMEOUT: a client that stops reading keeps its connection
+/// until it closes it, or the system's TCP gives up.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn stalled_output_ends_connection(_: &TcpListener, _: Duration) -> std::io::Result<()> {
+    Ok(())
 }

@@ -196,3 +196,52 @@ async fn the_handshake_is_as_strict_as_rfc_6455() {
     let mut c = s.client().await;
     c.subscribe("still").await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_within_the_heartbeat_timeout() {
+    // The session of a client that reads nothing is decided slow (4001), but it runs only
+    // while its output can be written: without a bound on a stalled write, the connection
+    // and up to `limits.max_pending_bytes` of output stayed for as long as the client kept
+    // it open. TCP_USER_TIMEOUT (= heartbeat.timeout) now ends it.
+    const KEY: &str = "k-stall";
+    let s = spawn_app(&[
+        ("api.keys", KEY),
+        ("heartbeat.interval", "1s"),
+        ("heartbeat.timeout", "2s"),
+        ("limits.max_message_size", "8192"),
+        ("limits.max_pending_bytes", "8192"),
+    ]);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = socket.connect(s.addr).await.expect("connect");
+    // The upgrade and a subscribe in one write; nothing is ever read.
+    let mut hello = upgrade_request(s.addr, "").into_bytes();
+    hello.extend(masked(
+        TEXT,
+        true,
+        br#"{"type":"subscribe","channel":"stalled"}"#,
+    ));
+    stream.write_all(&hello).await.expect("write");
+    let listed = |v: &serde_json::Value| v.to_string().contains("\"stalled\"");
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !listed(&s.api("GET", "/api/channels", KEY, None).await.1) {
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        tokio::task::yield_now().await;
+    }
+    let data = "x".repeat(4000);
+    let mut published = 0;
+    while s.metric("switchboard_slow_consumers_total").await < 1.0 {
+        assert!(published < 10_000, "never a slow consumer");
+        for _ in 0..16 {
+            let body = json!({"channel":"stalled","data":data});
+            let (status, r) = s.api("POST", "/api/publish", KEY, Some(body)).await;
+            assert_eq!(status, 200, "{r}");
+            published += 1;
+        }
+    }
+    s.wait_metric("switchboard_connections", 0.0).await;
+    eprintln!("{published} publications of 4 KB to a client that reads nothing: closed");
+    drop(stream);
+    let mut ok = s.client().await;
+    ok.subscribe("after").await;
+}
