@@ -38,6 +38,9 @@ pub enum Cmd {
     Latency(LatencyArgs),
     /// N idle connections (optionally each subscribed); server memory per connection.
     Idle(IdleArgs),
+    /// One connection floods the engine with queries while M others publish at a fixed rate;
+    /// the others' publish latency, and what the flood got back.
+    Flood(FloodArgs),
     /// Markdown tables from JSON lines written by earlier runs.
     Table {
         /// Files with one JSON object a line (other lines are skipped).
@@ -184,6 +187,101 @@ pub struct IdleArgs {
     /// Exit with status 1 when a connection fails.
     #[arg(long)]
     pub strict: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum FloodCommand {
+    History,
+    Presence,
+}
+
+impl FloodCommand {
+    pub fn name(self) -> &'static str {
+        match self {
+            FloodCommand::History => "history",
+            FloodCommand::Presence => "presence",
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Commands the flooding connection sends, each on a channel of its own that nobody uses,
+    /// without waiting for replies (0: no flood, the victims alone).
+    #[arg(long, default_value_t = 50_000)]
+    pub flood: u64,
+    /// The command the flooding connection sends.
+    #[arg(long, value_enum, default_value_t = FloodCommand::History)]
+    pub command: FloodCommand,
+    /// Commands the flooding connection keeps unanswered at most (0: no bound, all N are
+    /// written at once). A bound below the server's queue keeps the flood going for as long
+    /// as the server takes to answer N, instead of most of it being refused at once.
+    #[arg(long, default_value_t = 0)]
+    pub flood_window: u64,
+    /// Seconds after the victims started that the flood starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub flood_after: f64,
+    /// Victim connections, each publishing on a channel of its own.
+    #[arg(long, default_value_t = 4)]
+    pub victims: usize,
+    /// Publications per second of each victim, on a fixed schedule that does not wait for
+    /// replies.
+    #[arg(long, default_value_t = 50.0)]
+    pub victim_rate: f64,
+    /// Seconds the victims publish at least; while the flood is still going they go on, up to
+    /// --max-duration.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Upper bound on the victims' publishing and on the flood, in seconds from the start.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_duration: f64,
+    /// Seconds to wait for the last replies after the victims stopped (or the flood was sent).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// The Redis the server's engine uses (`127.0.0.1:PORT`, loopback only): its DBSIZE before
+    /// the run and after it, to count the keys the run created.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// That Redis's process, to sample its CPU time.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
+    /// Exit with status 1 when a victim got an error or no answer, or a flood command was
+    /// neither answered nor ended by a disconnect.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+pub fn validate_flood(a: &FloodArgs) -> Res<()> {
+    if a.flood > MAX_PUBLISH {
+        return Err(format!("--flood must be in 0..={MAX_PUBLISH}").into());
+    }
+    if a.flood_window > MAX_WINDOW as u64 {
+        return Err(format!("--flood-window must be in 0..={MAX_WINDOW}").into());
+    }
+    if a.victims == 0 || a.victims > 10_000 {
+        return Err("--victims must be in 1..=10000".into());
+    }
+    if !(a.victim_rate > 0.0 && a.victim_rate <= 100_000.0) {
+        return Err("--victim-rate must be in (0, 100000]".into());
+    }
+    if !(a.max_duration > 0.0 && a.max_duration <= MAX_DURATION_S) {
+        return Err(format!("--max-duration must be in (0, {MAX_DURATION_S}]").into());
+    }
+    if !(a.duration > 0.0 && a.duration <= a.max_duration) {
+        return Err("--duration must be in (0, --max-duration]".into());
+    }
+    if !(a.flood_after >= 0.0 && a.flood_after < a.duration) {
+        return Err("--flood-after must be in [0, --duration)".into());
+    }
+    if !(a.drain >= 0.0 && a.drain <= 60.0) {
+        return Err("--drain must be in [0, 60]".into());
+    }
+    if a.target.protocol != Protocol::Switchboard {
+        return Err("flood speaks Switchboard's protocol only".into());
+    }
+    Ok(())
 }
 
 pub fn check_target(t: &TargetArgs) -> Res<Endpoint> {

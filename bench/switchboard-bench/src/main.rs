@@ -9,6 +9,10 @@
 //! - `latency`: the same, with the publisher at a fixed rate.
 //! - `idle`: N connections that each subscribe to a channel of their own and then stay idle;
 //!   reports the server's resident memory per connection.
+//! - `flood`: M victim connections publish at a fixed rate on channels of their own while one
+//!   connection pipelines N `history` (or `presence`) commands on distinct unknown channels;
+//!   reports the victims' publish round trip, what the flood got back (by kind), and with
+//!   `--redis` the keys the run left in the engine's Redis.
 //! - `table`, `targets`, `problems`: turn the JSON lines of earlier runs into Markdown.
 //! - `free-port`: prints a free TCP port on 127.0.0.1.
 //!
@@ -16,11 +20,12 @@
 //! are accepted. Each run prints one human line and one JSON line on stdout.
 //!
 //! Layout: `cli` (flags and their bounds) → `load` (fan-out and latency: `subscriber`,
-//! `publisher`) and `idle` → `setup` (open and subscribe one connection) → `net` (loopback
-//! targets, the WebSocket handshake) and `wire` (payload stamps, the Switchboard and NATS
-//! protocols, the raw frame reader). `histogram` and `os` (/proc, rlimits, CPU time) measure;
-//! `report` writes the JSON record's units and turns records into tables.
-//! `scripts/bench.sh` runs the matrix.
+//! `publisher`), `flood` (`victim`, `flooder`) and `idle` → `setup` (open and subscribe one
+//! connection) → `net` (loopback targets, the WebSocket handshake) and `wire` (payload stamps,
+//! the Switchboard and NATS protocols, the raw frame reader). `histogram` and `os` (/proc,
+//! rlimits, CPU time) measure; `report` writes the JSON record's units and turns records into
+//! tables.
+//! `scripts/bench.sh` runs the matrix; `scripts/bench-flood.sh` the flood cases.
 
 use std::process::ExitCode;
 
@@ -35,6 +40,7 @@ macro_rules! outln {
 }
 
 mod cli;
+mod flood;
 mod histogram;
 mod idle;
 mod load;
@@ -45,6 +51,7 @@ mod setup;
 mod wire;
 
 use cli::{Cli, Cmd};
+use flood::flood;
 use idle::idle;
 use load::load;
 use report::{problems, table, targets};
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
             Cmd::Fanout(a) => load(a, None).await,
             Cmd::Latency(a) => load(a.load, Some(a.rate)).await,
             Cmd::Idle(a) => idle(a).await,
+            Cmd::Flood(a) => flood(a).await,
             Cmd::Table { .. } | Cmd::Targets { .. } | Cmd::Problems { .. } | Cmd::FreePort => {
                 unreachable!()
             }

@@ -1,6 +1,6 @@
-//! Results: the units of the JSON record each run writes (`load`, `idle`), and reading those
-//! records back (`read_rows`, the formatting and case names the Markdown of `tables` and
-//! `targets` share).
+//! Results: the units of the JSON record each run writes (`load`, `idle`, `flood`), and
+//! reading those records back (`read_rows`, the formatting and case names the Markdown of
+//! `tables`, `flood` and `targets` share).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::Res;
 
+mod flood;
 mod tables;
 mod targets;
 
@@ -87,6 +88,23 @@ pub fn case_key(v: &Value) -> String {
                 ""
             }
         ),
+        "flood" => {
+            let victims = format!(
+                "{} victims × {}/s",
+                g("victims"),
+                fmt_rate(num(v, "victim_rate"))
+            );
+            match g("flood") {
+                0 => format!("no flood, {victims}"),
+                n => {
+                    let cmd = v.get("command").and_then(Value::as_str).unwrap_or("?");
+                    match g("flood_window") {
+                        0 => format!("{n} {cmd} at once, {victims}"),
+                        w => format!("{n} {cmd}, {w} in flight, {victims}"),
+                    }
+                }
+            }
+        }
         _ => {
             let chans = if g("channels") == 1 {
                 "1 channel".to_string()

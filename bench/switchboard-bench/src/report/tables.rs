@@ -1,11 +1,13 @@
 //! `switchboard-bench table` and `problems`: the Markdown tables of docs/benchmarks.md, one
-//! row per run with ratios against a reference server, and one line per run that failed.
+//! row per run with ratios against a reference server (the flood runs' table is `flood`'s),
+//! and one line per run that failed.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::flood::flood_table;
 use super::{case_key, fmt_lat, fmt_pct, fmt_rate, fmt_ratio, lat, num, read_rows};
 use crate::Res;
 
@@ -22,6 +24,13 @@ pub fn problems(files: &[PathBuf]) -> Res<()> {
         );
         let keys: &[&str] = if r["mode"] == "idle" {
             &["held", "failed", "first_error", "dropped"]
+        } else if r["mode"] == "flood" {
+            &[
+                "victim_errors",
+                "victim_unanswered",
+                "victim_failures",
+                "flood_unanswered",
+            ]
         } else {
             &[
                 "expected",
@@ -40,6 +49,7 @@ pub fn problems(files: &[PathBuf]) -> Res<()> {
                 None | Some(Value::Null) => {}
                 Some(Value::Number(n)) if n.as_u64() == Some(0) => {}
                 Some(Value::Object(o)) if o.is_empty() => {}
+                Some(Value::Array(a)) if a.is_empty() => {}
                 Some(v) => {
                     let _ = write!(line, ", {k} {v}");
                 }
@@ -131,6 +141,7 @@ pub fn table(files: &[PathBuf], reference: &str) -> Res<()> {
         }
         outln!();
     }
+    flood_table(&rows);
     if cases.iter().any(|(m, _)| m == "idle") {
         outln!("### Idle connections: server memory\n");
         outln!("| case | server | KiB per connection | × {reference} | server RSS before → after | connect time | failed |");
