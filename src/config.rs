@@ -770,6 +770,22 @@ mod tests {
     }
 
     #[test]
+    fn toml_text_loads_like_a_file() {
+        let text = "[limits]\nmax_errors = 3\n[namespaces.chat]\njoin_leave = true\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, text).expect("write");
+        let vars = env(&[("SWITCHBOARD__LIMITS__MAX_ERRORS", "4")]);
+        let from_file = Settings::load_from(Some(&file), vars.clone()).expect("file loads");
+        let from_text = Settings::load_from_toml(text, vars).expect("text loads");
+        assert_eq!(from_text.to_toml(true).ok(), from_file.to_toml(true).ok());
+        assert_eq!(from_text.limits.max_errors, 4, "the environment wins");
+        let e = Settings::load_from_toml("[limits]\nmax_errors = -1\n", vec![])
+            .expect_err("checked as a file is");
+        assert!(e.to_string().contains("key `limits.max_errors`"), "{e}");
+    }
+
+    #[test]
     fn bad_duration_is_named() {
         let e = Settings::load_from(None, env(&[("SWITCHBOARD__HEARTBEAT__TIMEOUT", "soon")]))
             .expect_err("bad duration refused");

@@ -62,6 +62,58 @@ pub fn json_depth(json: &str) -> usize {
     max
 }
 
+/// True when a string of a valid JSON text has a `\u` escape of half a UTF-16 surrogate pair
+/// without its other half (`"\ud83d"` alone). JSON's grammar allows it, but it is no
+/// character: serde_json refuses the whole text, and other readers replace it or keep a
+/// broken string. One pass over the bytes.
+pub fn has_lone_surrogate(json: &str) -> bool {
+    let b = json.as_bytes();
+    // The text is valid JSON, so a backslash starts an escape and `\u` has 4 hex digits.
+    let hex = |at: usize| {
+        b.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let mut i = 0;
+    while let Some(at) = b
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&c| c == b'\\'))
+    {
+        i += at;
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        match hex(i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = b.get(i + 6..i + 8) == Some(b"\\u".as_slice())
+                    && matches!(hex(i + 8), Some(0xDC00..=0xDFFF));
+                if !low {
+                    return true;
+                }
+                i += 12;
+            }
+            Some(0xDC00..=0xDFFF) => return true,
+            _ => i += 6,
+        }
+    }
+    false
+}
+
+/// Why a publication's `data` (valid JSON) is refused, in the words of the `bad_request`
+/// answer, if it is: it nests deeper than [`MAX_DATA_DEPTH`], or it has a lone surrogate
+/// escape ([`has_lone_surrogate`]). Either would make the `message` push unreadable to some
+/// subscribers. The one check of `data`, for the WebSocket and the HTTP API alike.
+pub fn check_data(json: &str) -> Result<(), String> {
+    if json_depth(json) > MAX_DATA_DEPTH {
+        return Err(format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"));
+    }
+    if has_lone_surrogate(json) {
+        return Err("`data` has a \\u escape of half a UTF-16 surrogate pair".into());
+    }
+    Ok(())
+}
+
 /// A command's `id`, echoed in its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -345,3 +345,42 @@ fn json_depth_counts_brackets_outside_strings() {
     .expect_err("too deep");
     assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Num(9))));
 }
+
+/// Found by the command fuzz target: `data` with a lone surrogate escape was relayed, and
+/// serde_json refuses the whole `message` push that carries it.
+#[test]
+fn lone_surrogate_escapes_are_found_and_refused() {
+    for lone in [
+        r#""\ud83d""#,
+        r#""\uDE00""#,
+        r#"["\ud83dx"]"#,
+        r#"{"a":"\ud83d\n"}"#,
+        r#""\ud83d\u0041""#,
+        r#""\ude00\ud83d""#,
+        r#""\\\ud800""#,
+    ] {
+        assert!(has_lone_surrogate(lone), "{lone}");
+        assert!(serde_json::from_str::<serde_json::Value>(lone).is_err());
+        let e = parse_command(&format!(
+            r#"{{"type":"publish","id":3,"channel":"c","data":{lone}}}"#
+        ))
+        .expect_err(lone);
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Num(3))));
+        assert!(e.message.contains("surrogate"), "{}", e.message);
+    }
+    for fine in [
+        r#""\ud83d\ude00""#,
+        r#""\uD83D\uDE00\ud7ff\ue000""#,
+        r#""\\ud800""#,
+        r#"["\\\\ud800", 1]"#,
+        r#""\u00e9\"\/""#,
+        "null",
+    ] {
+        assert!(!has_lone_surrogate(fine), "{fine}");
+        assert!(serde_json::from_str::<serde_json::Value>(fine).is_ok());
+        let r = parse_command(&format!(
+            r#"{{"type":"publish","channel":"c","data":{fine}}}"#
+        ));
+        assert!(r.is_ok(), "{fine}: {r:?}");
+    }
+}
