@@ -94,6 +94,8 @@ commands = {
     "publish-null.json": '{"type":"publish","channel":"news","data":null}',
     "publish-depth-64.json": '{"type":"publish","channel":"n","data":' + "[" * 64 + "]" * 64 + "}",
     "publish-depth-65.json": '{"type":"publish","channel":"n","data":' + "[" * 65 + "]" * 65 + "}",
+    "publish-lone-surrogate.json": '{"type":"publish","channel":"a","data":["\\ud83d"]}',
+    "publish-huge-number.json": '{"type":"publish","channel":"a","data":{"n":-1.5e605}}',
     "publish-strings.json": '{"type":"publish","channel":"a:b","data":{"s":"[{\\"\\u00e9\\ud83d\\ude00","n":-1.5e300}}',
     "ping.json": '{"type":"ping"}',
     "presence.json": '{"type":"presence","id":9,"channel":"chat:lobby"}',

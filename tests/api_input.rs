@@ -86,10 +86,11 @@ async fn data_nesting_is_capped_at_64_levels_and_history_reads_back_what_was_sto
     assert_eq!(r["type"], "published", "{r}");
 }
 
-/// Found by the command fuzz target (fuzz/): a lone surrogate escape in `data` was relayed,
-/// and a subscriber reading with serde_json could not read the `message` push at all.
+/// Found by the command fuzz target (fuzz/): a lone surrogate escape or a number past 64-bit
+/// floats in `data` was relayed, and a subscriber reading with serde_json could not read the
+/// `message` push at all.
 #[tokio::test]
-async fn data_with_a_lone_surrogate_escape_is_refused_and_a_pair_is_relayed() {
+async fn data_that_json_readers_refuse_is_refused_and_a_surrogate_pair_is_relayed() {
     let app = spawn_app(&[("api.keys", KEY)]);
     let mut sub = app.client().await;
     let r = sub
@@ -102,6 +103,15 @@ async fn data_with_a_lone_surrogate_escape_is_refused_and_a_pair_is_relayed() {
     let (code, message) = error_of(&text);
     assert_eq!(code, "bad_request");
     assert!(message.contains("surrogate"), "{message}");
+    let (status, text) = raw(
+        &app,
+        "POST",
+        "/api/publish",
+        r#"{"channel":"s","data":[1e400]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(error_of(&text).1.contains("1e308"), "{text}");
     let mut c = app.client().await;
     c.send_text(r#"{"type":"publish","id":2,"channel":"s","data":"\ude00"}"#)
         .await;

@@ -64,7 +64,7 @@ impl<'a> Fields<'a> {
     }
 
     /// `data`: any JSON value, `null` included, that passes [`check_data`] (nested at most
-    /// [`MAX_DATA_DEPTH`](crate::protocol::MAX_DATA_DEPTH) levels, no lone surrogate escape).
+    /// [`MAX_DATA_DEPTH`](crate::protocol::MAX_DATA_DEPTH) levels, nothing JSON readers refuse).
     pub(super) fn data(&self) -> Result<Box<RawValue>, ApiError> {
         let raw = self.required("data")?;
         check_data(raw.get()).map_err(bad)?;
