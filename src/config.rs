@@ -337,24 +337,46 @@ impl Settings {
         path: Option<&Path>,
         env: Vec<(String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder();
         let default_path = Path::new("config/default.toml");
-        let file = path.or(default_path.exists().then_some(default_path));
-        match path {
-            Some(p) => {
-                if !p.exists() {
-                    return Err(ConfigError(format!(
-                        "config file {} does not exist",
-                        p.display()
-                    )));
-                }
+        let file = match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )))
+            }
+            Some(p) => FileLayer::Path(p),
+            None if default_path.exists() => FileLayer::Path(default_path),
+            None => FileLayer::None,
+        };
+        Self::load_layers(file, env)
+    }
+
+    /// Like [`Settings::load_from`] with the file's text given as TOML: the same layers and
+    /// checks, for callers that hold the text rather than a path (the config fuzz target).
+    pub fn load_from_toml(toml: &str, env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
+        Self::load_layers(FileLayer::Toml(toml), env)
+    }
+
+    /// The one loader behind [`Settings::load_from`] and [`Settings::load_from_toml`]:
+    /// defaults, then the file layer, then the variables of `env` that are read.
+    fn load_layers(
+        file: FileLayer<'_>,
+        env: Vec<(String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        let file = match file {
+            FileLayer::Path(p) => {
                 builder = builder.add_source(config::File::from(p));
+                Some(p)
             }
-            None if default_path.exists() => {
-                builder = builder.add_source(config::File::from(default_path));
+            FileLayer::Toml(text) => {
+                builder =
+                    builder.add_source(config::File::from_str(text, config::FileFormat::Toml));
+                None
             }
-            None => {}
-        }
+            FileLayer::None => None,
+        };
         let env_map: HashMap<String, String> =
             env.into_iter().filter(|(k, _)| env::is_read(k)).collect();
         let from = Origin {
@@ -476,6 +498,16 @@ impl Settings {
             n => n,
         }
     }
+}
+
+/// The file layer of the settings.
+enum FileLayer<'a> {
+    /// No file: defaults and the environment only.
+    None,
+    /// A file, read by `config` (its extension names the format).
+    Path(&'a Path),
+    /// TOML text.
+    Toml(&'a str),
 }
 
 /// Where the values being loaded came from, to say so in an error.
@@ -735,6 +767,22 @@ mod tests {
         for secret in ["s3cret", "k1", "pw@"] {
             assert!(!hidden.contains(secret), "{secret} in {hidden}");
         }
+    }
+
+    #[test]
+    fn toml_text_loads_like_a_file() {
+        let text = "[limits]\nmax_errors = 3\n[namespaces.chat]\njoin_leave = true\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, text).expect("write");
+        let vars = env(&[("SWITCHBOARD__LIMITS__MAX_ERRORS", "4")]);
+        let from_file = Settings::load_from(Some(&file), vars.clone()).expect("file loads");
+        let from_text = Settings::load_from_toml(text, vars).expect("text loads");
+        assert_eq!(from_text.to_toml(true).ok(), from_file.to_toml(true).ok());
+        assert_eq!(from_text.limits.max_errors, 4, "the environment wins");
+        let e = Settings::load_from_toml("[limits]\nmax_errors = -1\n", vec![])
+            .expect_err("checked as a file is");
+        assert!(e.to_string().contains("key `limits.max_errors`"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,51 @@ async fn data_nesting_is_capped_at_64_levels_and_history_reads_back_what_was_sto
     assert_eq!(r["type"], "published", "{r}");
 }
 
+/// Found by the command fuzz target (fuzz/): a lone surrogate escape or a number past 64-bit
+/// floats in `data` was relayed, and a subscriber reading with serde_json could not read the
+/// `message` push at all.
+#[tokio::test]
+async fn data_that_json_readers_refuse_is_refused_and_a_surrogate_pair_is_relayed() {
+    let app = spawn_app(&[("api.keys", KEY)]);
+    let mut sub = app.client().await;
+    let r = sub
+        .call(json!({"type":"subscribe","id":1,"channel":"s"}))
+        .await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let lone = r#"{"channel":"s","data":{"t":"\ud83d"}}"#;
+    let (status, text) = raw(&app, "POST", "/api/publish", lone).await;
+    assert_eq!(status, 400, "{text}");
+    let (code, message) = error_of(&text);
+    assert_eq!(code, "bad_request");
+    assert!(message.contains("surrogate"), "{message}");
+    let (status, text) = raw(
+        &app,
+        "POST",
+        "/api/publish",
+        r#"{"channel":"s","data":[1e400]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(error_of(&text).1.contains("1e308"), "{text}");
+    let mut c = app.client().await;
+    c.send_text(r#"{"type":"publish","id":2,"channel":"s","data":"\ude00"}"#)
+        .await;
+    let r = c.recv().await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("bad_request"), json!(2))
+    );
+    // A pair is one character: published, and the subscriber reads it.
+    let pair = r#"{"channel":"s","data":"\ud83d\ude00"}"#;
+    let (status, text) = raw(&app, "POST", "/api/publish", pair).await;
+    assert_eq!(status, 200, "{text}");
+    let m = sub.recv().await;
+    assert_eq!(
+        (m["type"].clone(), m["data"].clone()),
+        (json!("message"), json!("\u{1f600}"))
+    );
+}
+
 #[tokio::test]
 async fn every_api_request_without_a_valid_key_gets_401_first() {
     let app = spawn_app(&[("api.keys", KEY)]);

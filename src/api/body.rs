@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{json_depth, ApiError, ErrorCode, MAX_DATA_DEPTH};
+use crate::protocol::{check_data, ApiError, ErrorCode};
 
 /// The fields of a JSON object body, unparsed.
 pub(super) struct Fields<'a>(HashMap<String, &'a RawValue>);
@@ -63,14 +63,11 @@ impl<'a> Fields<'a> {
             .map_err(|_| bad(format!("`{name}` must be an array of strings")))
     }
 
-    /// `data`: any JSON value, `null` included, nested at most [`MAX_DATA_DEPTH`] levels.
+    /// `data`: any JSON value, `null` included, that passes [`check_data`] (nested at most
+    /// [`MAX_DATA_DEPTH`](crate::protocol::MAX_DATA_DEPTH) levels, nothing JSON readers refuse).
     pub(super) fn data(&self) -> Result<Box<RawValue>, ApiError> {
         let raw = self.required("data")?;
-        if json_depth(raw.get()) > MAX_DATA_DEPTH {
-            return Err(bad(format!(
-                "`data` nests deeper than {MAX_DATA_DEPTH} levels"
-            )));
-        }
+        check_data(raw.get()).map_err(bad)?;
         Ok(raw.to_owned())
     }
 }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{json_depth, ErrorCode, Id, StreamPosition, MAX_DATA_DEPTH, MAX_ID_LEN};
+use super::{check_data, ErrorCode, Id, StreamPosition, MAX_ID_LEN};
 use crate::channel::ChannelName;
 
 /// A client command with its id.
@@ -183,12 +183,7 @@ pub fn parse_command(text: &str) -> Result<Request, CommandError> {
         "publish" => {
             let channel = channel(&id, env.channel)?;
             let data = env.data.ok_or_else(|| bad(&id, "missing field `data`"))?;
-            if json_depth(data.get()) > MAX_DATA_DEPTH {
-                return Err(bad(
-                    &id,
-                    format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"),
-                ));
-            }
+            check_data(data.get()).map_err(|m| bad(&id, m))?;
             let data = data.to_owned();
             Command::Publish { channel, data }
         }

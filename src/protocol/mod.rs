@@ -62,6 +62,85 @@ pub fn json_depth(json: &str) -> usize {
     max
 }
 
+/// What in a valid JSON text some readers refuse although JSON's grammar allows it, if
+/// anything: a `\u` escape of half a UTF-16 surrogate pair without its other half (`"\ud83d"`
+/// alone is no character: serde_json refuses the whole text, other readers replace it or keep
+/// a broken string), or a number beyond 1e308 in magnitude (64-bit floats end near 1.8e308:
+/// serde_json and Go refuse the text, JavaScript reads infinity). One pass over the bytes.
+pub fn unreadable(json: &str) -> Option<&'static str> {
+    let b = json.as_bytes();
+    // The text is valid JSON: a backslash starts an escape, and `\u` has 4 hex digits.
+    let hex = |at: usize| {
+        b.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] != b'\\' {
+                        i += 1;
+                        continue;
+                    }
+                    if b.get(i + 1) != Some(&b'u') {
+                        i += 2;
+                        continue;
+                    }
+                    let lone = match hex(i + 2) {
+                        Some(0xD800..=0xDBFF) => {
+                            let paired = b.get(i + 6..i + 8) == Some(b"\\u".as_slice())
+                                && matches!(hex(i + 8), Some(0xDC00..=0xDFFF));
+                            i += if paired { 12 } else { 6 };
+                            !paired
+                        }
+                        Some(0xDC00..=0xDFFF) => true,
+                        _ => {
+                            i += 6;
+                            false
+                        }
+                    };
+                    if lone {
+                        return Some("a \\u escape of half a UTF-16 surrogate pair");
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let number = &json[start..i];
+                // Without an exponent, 17 characters stay below 1e17.
+                let may_be_huge = number.len() > 17 || number.contains(['e', 'E']);
+                if may_be_huge && !number.parse::<f64>().is_ok_and(|f| f.abs() <= 1e308) {
+                    return Some("a number beyond 1e308 in magnitude");
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Why a publication's `data` (valid JSON) is refused, in the words of the `bad_request`
+/// answer, if it is: it nests deeper than [`MAX_DATA_DEPTH`], or has what some JSON readers
+/// refuse ([`unreadable`]). Either would make the `message` push unreadable to some
+/// subscribers. The one check of `data`, for the WebSocket and the HTTP API alike.
+pub fn check_data(json: &str) -> Result<(), String> {
+    if json_depth(json) > MAX_DATA_DEPTH {
+        return Err(format!("`data` nests deeper than {MAX_DATA_DEPTH} levels"));
+    }
+    match unreadable(json) {
+        Some(what) => Err(format!("`data` has {what}")),
+        None => Ok(()),
+    }
+}
+
 /// A command's `id`, echoed in its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -345,3 +345,48 @@ fn json_depth_counts_brackets_outside_strings() {
     .expect_err("too deep");
     assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Num(9))));
 }
+
+/// Found by the command fuzz target: `data` with a lone surrogate escape or a number past
+/// 64-bit floats was relayed, and serde_json refuses the whole `message` push that carries it.
+#[test]
+fn data_that_json_readers_refuse_is_found_and_refused() {
+    let long = format!("{}0", "9".repeat(400));
+    for (bad, what) in [
+        (r#""\ud83d""#, "surrogate"),
+        (r#""\uDE00""#, "surrogate"),
+        (r#"["\ud83dx"]"#, "surrogate"),
+        (r#"{"a":"\ud83d\n"}"#, "surrogate"),
+        (r#""\ud83d\u0041""#, "surrogate"),
+        (r#""\ude00\ud83d""#, "surrogate"),
+        (r#""\\\ud800""#, "surrogate"),
+        ("1e309", "1e308"),
+        ("[-1.5e605]", "1e308"),
+        (r#"{"n":1.8e308}"#, "1e308"),
+        (long.as_str(), "1e308"),
+    ] {
+        assert!(unreadable(bad).is_some(), "{bad}");
+        assert!(serde_json::from_str::<serde_json::Value>(bad).is_err());
+        let e = parse_command(&format!(
+            r#"{{"type":"publish","id":3,"channel":"c","data":{bad}}}"#
+        ))
+        .expect_err(bad);
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Num(3))));
+        assert!(e.message.contains(what), "{}", e.message);
+    }
+    for fine in [
+        r#""\ud83d\ude00""#,
+        r#""\uD83D\uDE00\ud7ff\ue000""#,
+        r#""\\ud800""#,
+        r#"["\\\\ud800", 1]"#,
+        r#""\u00e9\"\/ 1e999""#,
+        "[1e308, -1e308, 1e-400, 0e999999, 123456789012345678901234567890, -0.0]",
+        "null",
+    ] {
+        assert_eq!(unreadable(fine), None, "{fine}");
+        assert!(serde_json::from_str::<serde_json::Value>(fine).is_ok());
+        let r = parse_command(&format!(
+            r#"{{"type":"publish","channel":"c","data":{fine}}}"#
+        ));
+        assert!(r.is_ok(), "{fine}: {r:?}");
+    }
+}
