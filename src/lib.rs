@@ -35,6 +35,9 @@
 //!   engine hands back into the broker and the registry; [`registry`]: the node's sessions.
 //! - [`config`]: layered settings; [`startup`]: building, serving and draining a node;
 //!   [`error`]: why a node could not start, with its exit code.
+//! - [`shrink`]: a leaf used by all: long-lived maps and queues give back the capacity of a
+//!   burst once they are mostly empty; and the [`shrink::ThreadHook`] through which the
+//!   binary (`main.rs`, which chooses and tunes the allocator) empties each thread's cache.
 
 pub mod api;
 pub mod auth;
@@ -49,6 +52,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod shrink;
 pub mod startup;
 
 /// The hash map of the per-publication paths (channels and their subscribers):

@@ -18,6 +18,7 @@ use crate::engine::{Engine, EngineHandler};
 use crate::error::StartupError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::shrink::ThreadHook;
 
 /// Shared state of a running node.
 pub struct Node {
@@ -81,8 +82,12 @@ impl EngineHandler for NodeHandler {
 }
 
 impl Node {
-    /// Builds a node; must run inside an actix system (the broker starts arbiters).
-    pub async fn build(settings: Settings) -> Result<Arc<Node>, StartupError> {
+    /// Builds a node; must run inside an actix system (the broker starts arbiters, which
+    /// run `hook` now and then: see [`ThreadHook`]).
+    pub async fn build(
+        settings: Settings,
+        hook: Option<ThreadHook>,
+    ) -> Result<Arc<Node>, StartupError> {
         let id = if settings.server.node_id.is_empty() {
             let u = uuid::Uuid::new_v4().simple().to_string();
             format!("node-{}", &u[..8])
@@ -107,7 +112,12 @@ impl Node {
                     (r, None)
                 }
             };
-        let broker = Broker::new(settings.broker_shards(), engine.clone(), metrics.clone());
+        let broker = Broker::new(
+            settings.broker_shards(),
+            engine.clone(),
+            metrics.clone(),
+            hook,
+        );
         let registry = Arc::new(Registry::new(settings.limits.max_connections));
         engine.set_handler(Arc::new(NodeHandler {
             broker: broker.clone(),

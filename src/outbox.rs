@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
 use crate::protocol::CloseCode;
+use crate::shrink::Shrink;
 
 /// Broker or registry → session: control messages that are not subscription traffic.
 #[derive(Message)]
@@ -164,7 +165,9 @@ impl Subscriptions {
             .iter()
             .position(|(c, id)| c == channel && only.is_none_or(|o| o == *id))?;
         // `remove`, not `swap_remove`: `is_current` relies on the id order.
-        Some(self.0.remove(at).1)
+        let id = self.0.remove(at).1;
+        self.0.shrink_when_sparse();
+        Some(id)
     }
 }
 
@@ -411,6 +414,10 @@ impl Outbox {
             std::mem::swap(&mut q.frames, spare);
             !q.closed
         } && !self.is_slow();
+        // The two queues take turns: each is checked here against what it held, so a
+        // connection that once had a backlog (up to `max_pending_bytes` of small frames)
+        // does not keep its size for life.
+        spare.shrink_when_sparse();
         let total: usize = spare.iter().map(|(_, f)| f.len()).sum();
         let mut chunk = bytes::BytesMut::with_capacity(total);
         for (id, f) in spare.iter() {
@@ -570,6 +577,27 @@ mod tests {
             Poll::Ready(chunk) => Some(chunk.to_vec()),
             Poll::Pending => None,
         }
+    }
+
+    #[test]
+    fn a_backlog_does_not_keep_its_queues() {
+        let a = Outbox::new(1 << 30, Arc::default());
+        a.subscribe(ch("one"), 1);
+        let mut spare = VecDeque::new();
+        let mut cx = TaskContext::from_waker(futures_util::task::noop_waker_ref());
+        let mut round = |n: usize, spare: &mut VecDeque<(u64, WsFrame)>| {
+            for _ in 0..n {
+                assert!(queue(&a, 1, "x"));
+            }
+            assert!(a.poll_drain(spare, &mut cx).is_ready());
+        };
+        round(10_000, &mut spare);
+        assert!(spare.capacity() >= 10_000);
+        // The two queues take turns: each is cut down on its next turn with little in it.
+        round(1, &mut spare);
+        round(1, &mut spare);
+        assert!(spare.capacity() < 64, "{}", spare.capacity());
+        assert!(a.queue.lock().frames.capacity() < 64);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use crate::outbox::SessionControl;
 use crate::protocol::CloseCode;
+use crate::shrink::Shrink;
 
 struct Entry {
     user: String,
@@ -88,7 +89,10 @@ impl Registry {
 
     /// Forgets a stopped session.
     pub fn unregister(&self, client: &str) {
-        self.sessions.lock().remove(client);
+        let mut sessions = self.sessions.lock();
+        sessions.remove(client);
+        // After a burst of connections the table goes back to the size of what is left.
+        sessions.shrink_when_sparse();
     }
 
     /// Tells every session of `user` to close with 4003; returns how many.

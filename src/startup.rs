@@ -17,6 +17,7 @@ use crate::config::Settings;
 pub use crate::error::StartupError;
 use crate::node::Node;
 use crate::protocol::CloseCode;
+use crate::shrink::{thread_hook_ticker, ThreadHook};
 
 /// Triggers a graceful shutdown of one [`Application`]; cheap to clone.
 #[derive(Clone, Default)]
@@ -97,6 +98,15 @@ fn tls_config(
 impl Application {
     /// Builds the node and binds `server.bind`; must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        Self::build_with(settings, None).await
+    }
+
+    /// [`Application::build`], with a `hook` run on each of the node's threads now and then
+    /// (the binary's allocator housekeeping, see [`ThreadHook`]).
+    pub async fn build_with(
+        settings: Settings,
+        hook: Option<ThreadHook>,
+    ) -> Result<Application, StartupError> {
         let tls = match (&settings.server.tls_cert, &settings.server.tls_key) {
             (Some(c), Some(k)) => Some(tls_config(c, k)?),
             _ => None,
@@ -110,8 +120,13 @@ impl Application {
         stalled_output_ends_connection(&listener, settings.heartbeat.timeout.0)?;
         let addr = listener.local_addr()?;
         let workers = settings.workers();
-        let node = web::Data::from(Node::build(settings).await?);
+        let node = web::Data::from(Node::build(settings, hook).await?);
         spawn_sweeper(&node);
+        // This thread runs the engine's tasks; the workers and the broker's own threads
+        // start theirs below and in the broker.
+        if let Some(hook) = hook {
+            actix_web::rt::spawn(thread_hook_ticker(hook));
+        }
         let data = node.clone();
         // The factory runs once on each worker thread as it starts: the first workers each
         // host one broker shard.
@@ -119,6 +134,9 @@ impl Application {
         let server = HttpServer::new(move || {
             data.broker
                 .host_shard(next_shard.fetch_add(1, Ordering::Relaxed));
+            if let Some(hook) = hook {
+                actix_web::rt::spawn(thread_hook_ticker(hook));
+            }
             App::new()
                 .app_data(data.clone())
                 .route("/ws", web::get().to(crate::session::ws_route))

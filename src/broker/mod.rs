@@ -40,6 +40,7 @@ use crate::channel::ChannelName;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::Pressure;
+use crate::shrink::{thread_hook_ticker, ThreadHook};
 pub use handle::SessionHandle;
 pub use messages::{
     ChannelCounts, EnginePublication, EnginePush, EngineReset, Leave, Pace, Subscribe, Unsubscribe,
@@ -70,6 +71,8 @@ struct BrokerInner {
     pressure: Arc<Pressure>,
     /// Dedicated shard threads, stopped when the last broker handle goes away.
     arbiters: Mutex<Vec<ArbiterGuard>>,
+    /// Run on each dedicated thread now and then (HTTP workers run their own).
+    hook: Option<ThreadHook>,
 }
 
 /// Stops a shard's arbiter thread when the broker goes away.
@@ -89,6 +92,9 @@ impl BrokerInner {
     fn shard(&self, i: usize) -> &Addr<BrokerShard> {
         self.slots[i].get_or_init(|| {
             let arbiter = Arbiter::new();
+            if let Some(hook) = self.hook {
+                arbiter.spawn(thread_hook_ticker(hook));
+            }
             let shard = self.new_shard();
             let addr = BrokerShard::start_in_arbiter(&arbiter.handle(), move |_| shard);
             self.arbiters.lock().push(ArbiterGuard(arbiter));
@@ -98,8 +104,14 @@ impl BrokerInner {
 }
 
 impl Broker {
-    /// A broker of `shards` shards (at least one); none is started yet.
-    pub fn new(shards: usize, engine: Arc<dyn Engine>, metrics: Metrics) -> Broker {
+    /// A broker of `shards` shards (at least one); none is started yet. Shards that get a
+    /// thread of their own run `hook` there now and then.
+    pub fn new(
+        shards: usize,
+        engine: Arc<dyn Engine>,
+        metrics: Metrics,
+        hook: Option<ThreadHook>,
+    ) -> Broker {
         Broker {
             inner: Arc::new(BrokerInner {
                 slots: (0..shards.max(1)).map(|_| OnceLock::new()).collect(),
@@ -107,6 +119,7 @@ impl Broker {
                 metrics,
                 pressure: Arc::default(),
                 arbiters: Mutex::new(Vec::new()),
+                hook,
             }),
         }
     }

@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::{SessionControl, WsFrame};
 use crate::protocol::{error_frame, ErrorCode, ServerFrame};
+use crate::shrink::Shrink;
 use crate::FastMap;
 
 /// One local subscriber of one channel.
@@ -185,6 +186,8 @@ impl BrokerShard {
         let Some(sub) = entry.subscribers.remove(client) else {
             return;
         };
+        // A channel that had a crowd and keeps a few subscribers gives the crowd's table back.
+        entry.subscribers.shrink_when_sparse();
         entry.waiting.retain(|c| &**c != client);
         self.metrics.subscriptions.dec();
         let engine = self.engine.clone();
@@ -356,6 +359,7 @@ impl Handler<NodeSubscribed> for BrokerShard {
             Err(e) => {
                 log::warn!("node subscribe failed channel={}: {e}", msg.channel);
                 if let Some(entry) = self.channels.remove(&msg.channel) {
+                    self.channels.shrink_when_sparse();
                     self.metrics.channels.dec();
                     for (_, sub) in entry.subscribers {
                         self.metrics.subscriptions.dec();
@@ -376,6 +380,7 @@ impl Handler<NodeUnsubscribed> for BrokerShard {
         };
         if entry.subscribers.is_empty() {
             self.channels.remove(&msg.channel);
+            self.channels.shrink_when_sparse();
             self.metrics.channels.dec();
         } else {
             // Someone subscribed while the node was leaving: subscribe it again.

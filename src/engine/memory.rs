@@ -23,6 +23,7 @@ use super::{
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
 use crate::protocol::{message_frame, ClientInfo, Publication, StreamPosition};
+use crate::shrink::Shrink;
 use crate::FastMap;
 
 /// Number of lock shards; a power of two comfortably above the core count.
@@ -169,6 +170,9 @@ impl MemoryEngine {
                     && !held.contains(name);
                 !forgettable
             });
+            // After a burst of channels, the table goes back to the size of what is left
+            // (presence and held shrink as their entries are removed).
+            channels.shrink_when_sparse();
         }
     }
 
@@ -243,7 +247,9 @@ impl Engine for MemoryEngine {
     }
 
     async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        self.shard(channel).lock().held.remove(channel);
+        let mut shard = self.shard(channel).lock();
+        shard.held.remove(channel);
+        shard.held.shrink_when_sparse();
         Ok(())
     }
 
@@ -292,6 +298,9 @@ impl Engine for MemoryEngine {
             set.remove(client);
             if set.is_empty() {
                 shard.presence.remove(channel);
+                shard.presence.shrink_when_sparse();
+            } else {
+                set.shrink_when_sparse();
             }
         }
         Ok(())

@@ -22,6 +22,7 @@ use super::stream::parse_publication;
 use crate::channel::ChannelName;
 use crate::engine::EngineHandler;
 use crate::protocol::message_frame;
+use crate::shrink::Shrink;
 
 /// Publications held for a channel whose subscription baseline is not known yet; past it
 /// they are dropped (and the gap filler finds them in history).
@@ -218,12 +219,16 @@ impl Tracks {
         let mut map = self.map.lock();
         if map.get(channel).is_some_and(|t| t.generation == generation) {
             map.remove(channel);
+            map.shrink_when_sparse();
         }
     }
 
     /// Stops tracking a channel.
     pub(super) fn remove(&self, channel: &str) {
-        self.map.lock().remove(channel);
+        let mut map = self.map.lock();
+        map.remove(channel);
+        // After a burst of channels the table goes back to the size of what is left.
+        map.shrink_when_sparse();
     }
 
     /// The name of a tracked channel.

@@ -14,6 +14,7 @@ use super::Inner;
 use crate::channel::ChannelName;
 use crate::engine::{EngineError, PresenceEntry};
 use crate::protocol::ClientInfo;
+use crate::shrink::Shrink;
 
 /// A channel's presence entries held by this node: (client, info JSON).
 type PresencePairs = Vec<(String, String)>;
@@ -69,6 +70,9 @@ pub(super) async fn remove(
             set.remove(client);
             if set.is_empty() {
                 presence.remove(channel.as_str());
+                presence.shrink_when_sparse();
+            } else {
+                set.shrink_when_sparse();
             }
         }
     }
