@@ -8,26 +8,27 @@
 # SECONDS per target (default 30; --smoke: 5); TARGET: ws_frame, command, token, config
 # (default: all). CI runs `bash scripts/fuzz.sh 20`.
 #
+# Two builds (fuzz/Cargo.toml): runs of up to 60 s per target use the dev build (opt-level 0,
+# about 2.5 minutes to build from scratch on two cores, where the whole run would otherwise be
+# the build), longer ones the optimized release build (about 5 minutes, 15 to 25 times more
+# inputs a second). FUZZ_BUILD=dev or FUZZ_BUILD=release chooses.
+#
 # Stable Rust is enough: cargo-fuzz builds with libFuzzer's coverage instrumentation, which
 # stable rustc has; only the sanitizers need nightly, so the targets run without one
 # (`--sanitizer none`: the code is safe Rust, and a panic is what the targets look for).
-# `--codegen-units 16` (cargo-fuzz's default is 1) with fuzz/Cargo.toml's opt-level 1: the
-# whole server is built from scratch on a CI machine, and this builds it several times
-# faster, for targets that run somewhat slower.
 # cargo-fuzz itself is installed from crates.io when missing (about a minute on two cores).
 #
 # Each target starts from its committed seeds (fuzz/corpus/TARGET, only read) and keeps what
 # it finds in fuzz/target/corpus/TARGET, so later runs go on from there. A crash is saved in
 # fuzz/artifacts/TARGET/ and printed here in base64, since a CI machine's files are gone after
-# the run: `base64 -d > crash` and `cargo fuzz run --sanitizer none --codegen-units 16 TARGET
-# crash` replays it.
+# the run: `base64 -d > crash` and `cargo fuzz run --sanitizer none --dev TARGET crash` replays
+# it (or the same with `--codegen-units 16` instead of `--dev`, the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 FUZZ=$ROOT/fuzz
 CARGO_FUZZ_VERSION=0.13.2
 ALL=(ws_frame command token config)
-FLAGS=(--sanitizer none --codegen-units 16)
 
 secs=30
 case "${1:-}" in
@@ -40,6 +41,16 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${ALL[@]}")
 log() { echo "fuzz: $*" >&2; }
 
+build=${FUZZ_BUILD:-}
+[ -n "$build" ] || { [ "$secs" -le 60 ] && build=dev || build=release; }
+case "$build" in
+  dev) FLAGS=(--sanitizer none --dev) ;;
+  # cargo-fuzz builds release with one codegen unit: several times slower to build.
+  release) FLAGS=(--sanitizer none --codegen-units 16) ;;
+  *) log "FUZZ_BUILD is dev or release, not $build"; exit 2 ;;
+esac
+
+begin=$SECONDS
 if ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io"
   cargo install --locked --quiet "cargo-fuzz@$CARGO_FUZZ_VERSION"
@@ -49,7 +60,7 @@ fi
 unset CARGO_TARGET_DIR
 start=$SECONDS
 cargo fuzz build "${FLAGS[@]}"
-log "built in $((SECONDS - start)) s"
+log "$build build in $((SECONDS - start)) s"
 
 failed=()
 for t in "${targets[@]}"; do
@@ -80,4 +91,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   log "FAILED: ${failed[*]}"
   exit 1
 fi
-log "all ${#targets[@]} targets ran ${secs} s each without a crash ($((SECONDS - start)) s in all)"
+log "all ${#targets[@]} targets ran ${secs} s each without a crash ($((SECONDS - begin)) s in all)"
