@@ -420,6 +420,12 @@ impl Settings {
         if self.heartbeat.interval.0.is_zero() {
             return err("heartbeat.interval", "must be more than zero");
         }
+        // jsonwebtoken computes `now - leeway` in unsigned seconds: a leeway past the Unix
+        // epoch (about 56 years) would wrap (every token expired) or panic on the handshake
+        // path. A day is already far more than any clock skew.
+        if self.auth.leeway.0 > Duration::from_secs(86_400) {
+            return err("auth.leeway", "must be at most 1 day");
+        }
         if self.heartbeat.timeout.0 <= self.heartbeat.interval.0 {
             return err(
                 "heartbeat.timeout",
@@ -706,6 +712,14 @@ mod tests {
             let e = Settings::load_from(None, env(&[("SWITCHBOARD__AUTH__LEEWAY", bad)]))
                 .expect_err(bad);
             assert!(e.to_string().contains("key `auth.leeway`"), "{e}");
+        }
+        let s = Settings::load_from(None, env(&[("SWITCHBOARD__AUTH__LEEWAY", "1day")]))
+            .expect("a day, the longest leeway");
+        assert_eq!(s.auth.leeway.0, Duration::from_secs(86_400));
+        for bad in ["1day 1s", "60y"] {
+            let e = Settings::load_from(None, env(&[("SWITCHBOARD__AUTH__LEEWAY", bad)]))
+                .expect_err(bad);
+            assert!(e.to_string().contains("at most 1 day"), "{e}");
         }
     }
 
