@@ -64,18 +64,7 @@ fi
 BENCH=$BIN/switchboard-bench
 
 # --- pinning and limits -------------------------------------------------------------------
-PIN_SERVER=()
-PIN_BENCH=()
-PINNED=0
-SERVER_CPU_ARG=()
-if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
-  PIN_SERVER=(taskset -c "$SERVER_CPU")
-  PIN_BENCH=(taskset -c "$BENCH_CPU")
-  PINNED=1
-  SERVER_CPU_ARG=(--server-cpu "$SERVER_CPU")
-else
-  log "not pinning (taskset missing or fewer than 2 cores)"
-fi
+source "$ROOT/scripts/pin.sh"
 # Servers and the load generator inherit the file limit; root may raise the hard one.
 want_fds=20000
 [ "$FULL" = 1 ] && want_fds=120000
