@@ -152,8 +152,9 @@ enum UpgradeRefusal {
 }
 
 /// The opening handshake, once actix-web-actors took it as an upgrade, as strictly as
-/// RFC 6455 section 4.2.1 reads where actix-web-actors is lax: it also takes versions 7 and 8 (drafts whose framing differs),
-/// any `Sec-WebSocket-Key`, and HTTP/1.0 (which has no `Upgrade`).
+/// RFC 6455 section 4.2.1 reads where actix-web-actors is lax: it also takes versions 7
+/// and 8 (drafts whose framing differs), any `Sec-WebSocket-Key`, and HTTP/1.0 (which has
+/// no `Upgrade`).
 fn check_upgrade(req: &HttpRequest) -> Result<(), UpgradeRefusal> {
     if req.version() != Version::HTTP_11 {
         return Err(UpgradeRefusal::Malformed(
