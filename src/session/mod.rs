@@ -439,7 +439,6 @@ impl Session {
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let max = self.node.settings.limits.max_message_size;
         let (bytes, last) = match item {
             Item::FirstBinary(_) => return self.close(ctx, CloseCode::UnsupportedData),
             Item::FirstText(b) => {
@@ -455,10 +454,8 @@ impl Session {
             self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
             return;
         };
-        if buf.len() + bytes.len() > max {
-            self.fragment = None;
-            return self.close(ctx, CloseCode::MessageTooBig);
-        }
+        // No size check here: the codec refuses the fragment whose header would take the
+        // message past `limits.max_message_size` (vendor/README.md), before it is read.
         buf.extend_from_slice(&bytes);
         if last {
             let whole = self.fragment.take().unwrap_or_default();
