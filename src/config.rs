@@ -86,6 +86,8 @@ pub struct ServerSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Serve the demo page at `/` and the JavaScript client at `/switchboard.js`.
+    pub serve_client: bool,
 }
 
 impl Default for ServerSettings {
@@ -99,6 +101,7 @@ impl Default for ServerSettings {
             workers: 0,
             tls_cert: None,
             tls_key: None,
+            serve_client: true,
         }
     }
 }

@@ -29,7 +29,8 @@
 //!   history, presence, cluster control); the schema's functions live in `migrations/`.
 //! - [`protocol`]: every frame on the wire (commands, server frames) and one table of
 //!   client-visible codes for WebSocket and HTTP alike, with the HTTP error body.
-//! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus.
+//! - [`api`]: the backend HTTP API and the operator endpoints; [`metrics`]: Prometheus;
+//!   [`assets`]: the browser client and demo page (`client/`), compiled in and served.
 //! - [`auth`]: JWT verification and channel permissions; [`channel`]: channel names.
 //! - [`node`]: the shared state of one node, and the engine handler that routes what the
 //!   engine hands back into the broker and the registry; [`registry`]: the node's sessions.
@@ -40,6 +41,7 @@
 //!   binary (`main.rs`, which chooses and tunes the allocator) empties each thread's cache.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod channel;

@@ -128,6 +128,7 @@ impl Application {
             actix_web::rt::spawn(thread_hook_ticker(hook));
         }
         let data = node.clone();
+        let serve_client = node.settings.server.serve_client;
         // The factory runs once on each worker thread as it starts: the first workers each
         // host one broker shard.
         let next_shard = Arc::new(AtomicUsize::new(0));
@@ -141,6 +142,11 @@ impl Application {
                 .app_data(data.clone())
                 .route("/ws", web::get().to(crate::session::ws_route))
                 .configure(crate::api::configure)
+                .configure(|cfg| {
+                    if serve_client {
+                        crate::assets::configure(cfg);
+                    }
+                })
         })
         .disable_signals()
         // Frames are small and latency matters: without TCP_NODELAY, Nagle's algorithm

@@ -18,6 +18,7 @@ pub const KEYS: &[&str] = &[
     "server.workers",
     "server.tls_cert",
     "server.tls_key",
+    "server.serve_client",
     "heartbeat.interval",
     "heartbeat.timeout",
     "engine.kind",
