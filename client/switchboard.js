@@ -280,20 +280,22 @@ export class Switchboard {
     });
     ws.onmessage = (ev) => this._onData(ws, ev.data);
     ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
-    ws.onerror = () => {
-      // The close event follows with the details the platform allows (none on a refused
-      // handshake: browsers hide the HTTP status).
-    };
+    // Browsers follow an error with a close event, but Node 20's WebSocket does not after a
+    // refused handshake: the error alone ends this socket (a close that follows is ignored).
+    // Neither tells the HTTP status of a refused handshake.
+    ws.onerror = () => this._drop(ws, "connection error");
   }
 
   // Closes a socket this side gave up on; its close event, or this, schedules the retry.
   _drop(ws, why) {
+    if (ws !== this._ws) return;
+    // Handlers off first: closing a failed socket fires its error event again, at once.
+    this._onClose(ws, 1006, why);
     try {
       ws.close(4000, why.slice(0, 100));
     } catch {
       // already closing
     }
-    this._onClose(ws, 1006, why);
   }
 
   _onData(ws, data) {

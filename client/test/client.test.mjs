@@ -148,7 +148,7 @@ describe("reconnect", () => {
 
   for (const [what, overrides, provoke, code] of [
     ["4003 (operator disconnect)", { "auth.hmac_secret": "s3cret" }, (n) => n.api("POST", "/api/disconnect", { user: "ann" }), 4003],
-    ["1009 (message too big)", { "limits.max_message_size": "1024" }, (n, sb) => sb.publish("big", "x".repeat(2000)).catch(() => {}), 1009],
+    ["1009 (message too big)", { "auth.hmac_secret": "s3cret", "limits.max_message_size": "1024" }, (n, sb) => sb.publish("big", "x".repeat(2000)).catch(() => {}), 1009],
   ]) {
     test(`no reconnect after ${what}`, async () => {
       const n = await node(overrides);
@@ -285,7 +285,7 @@ describe("a peer that answers garbage", () => {
     const server = net.createServer((sock) => {
       sock.once("data", (req) => {
         const key = /sec-websocket-key: *(\S+)/i.exec(req.toString())[1];
-        const accept = createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC11B5B").digest("base64");
+        const accept = createHash("sha1").update(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
         sock.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\nSec-WebSocket-Protocol: switchboard.v1.json\r\n\r\n`);
         const frame = (text) => {
           const b = Buffer.from(text);
