@@ -537,6 +537,17 @@ export class Switchboard {
           if (ws && ws === this._ws) this._drop(ws, "no reply to subscribe");
           return;
         }
+        // Passing refusals: many subscriptions resent at once after a reconnect can outrun
+        // `limits.client_command_rate`, and a Redis failover makes `unavailable` for a
+        // moment. Try again on this connection after a jittered pause; never drop the
+        // subscription for them.
+        if (e.code === "rate_limited" || e.code === "unavailable") {
+          const pause = this.options.minReconnectDelay * (1 + 3 * Math.random());
+          this._later(pause, () => {
+            if (ws === this._ws && this._subs.get(sub.channel) === sub && sub.state === "subscribing") this._sendSubscribe(sub);
+          });
+          return;
+        }
         this._subs.delete(sub.channel);
         sub._refused(e);
         this._report(e);

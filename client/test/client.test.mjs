@@ -103,6 +103,16 @@ describe("commands", () => {
     await s2.ready;
   });
 
+  test("subscribes refused as rate_limited are sent again, not dropped", async () => {
+    const n = await node({ "limits.client_command_rate": "2" });
+    const { sb } = client(n.ws, { minReconnectDelay: 100 });
+    sb.connect();
+    const subs = ["a", "b", "c", "d", "e"].map((c) => sb.subscribe(c));
+    const replies = await Promise.all(subs.map((s) => s.ready));
+    assert.deepEqual(replies.map((r) => r.channel), ["a", "b", "c", "d", "e"]);
+    assert.ok(subs.every((s) => s.state === "subscribed"));
+  });
+
   test("a command without a reply rejects with timeout, and a dead link is dropped by ping", async () => {
     const n = await node();
     const { sb, states } = client(n.ws, { timeout: 300, pingInterval: 200, pingTimeout: 300, minReconnectDelay: 20, maxReconnectDelay: 100 });
