@@ -121,6 +121,36 @@ test("Disconnect and Connect: the state follows, and the subscription recovers w
   assert.deepEqual(page.problems, []);
 });
 
+test("a memory node restarted under the page: it says so, reconnects, and says messages may be lost", async () => {
+  const n = await Node.start();
+  try {
+    const page = await newPage(browser);
+    await openDemo(page, n, "?channel=news");
+    await subscribed(page, "news");
+    await n.publish("news", "before");
+    await waitForMessages(page, "news", 1);
+
+    await n.kill();
+    // Down long enough for the page to try twice: the badge counts the attempts, the log
+    // keeps one line for the outage.
+    await page.waitForFunction(() => Number(document.querySelector("[data-testid=state]").dataset.attempts) >= 2);
+    await n.start();
+    await page.locator('[data-testid=state][data-state="connected"]').waitFor();
+    // The memory engine's epoch changed with the process: nothing can be recovered, and the
+    // page says so rather than pretending.
+    await page.locator('[data-testid=log] li[data-kind="recovered"][data-channel="news"][data-recovered="false"]').waitFor();
+    await n.publish("news", "after");
+    const shown = await waitForMessages(page, "news", 2);
+    assert.deepEqual(shown.map((m) => [m.offset, m.text]), [[1, '"before"'], [1, '"after"']]);
+    const states = await shownLines(page, "state");
+    assert.deepEqual(states.map((s) => s.state), ["connected", "disconnected", "connected"]);
+    assert.match(states[2].text, /reconnected after [0-9.]+ s \([2-9]\d* attempts\)/);
+    assert.deepEqual(page.problems.filter((p) => !/WebSocket connection to .* failed/.test(p)), []);
+  } finally {
+    await n.stop();
+  }
+});
+
 test("a refused subscription and a terminal close are shown, not thrown", async () => {
   const n = await Node.start({ "namespaces.private.anonymous": "false", "limits.max_message_size": "1024" });
   try {
