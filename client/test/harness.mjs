@@ -14,7 +14,9 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-export const BIN = process.env.SWITCHBOARD_BIN || join(ROOT, "target/debug/switchboard");
+// Resolved now: the binary runs in a temporary working directory, where a relative path
+// would name nothing.
+export const BIN = resolve(process.env.SWITCHBOARD_BIN || join(ROOT, "target/debug/switchboard"));
 export const WAIT = 20000;
 export const API_KEY = "test-key";
 
