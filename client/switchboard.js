@@ -243,7 +243,7 @@ export class Switchboard {
       }
     }
     this._failAll(new SwitchboardError("closed", "the client was closed"));
-    for (const sub of this._subs.values()) if (sub.state === "subscribed") sub.state = "subscribing";
+    this._awaitResubscribe();
     if (this.state !== "disconnected") this._setState("disconnected", 1000, "client closed");
   }
 
@@ -398,12 +398,7 @@ export class Switchboard {
     }
     // Whatever was in flight may or may not have run: the caller decides about a retry.
     this._failPending(new SwitchboardError("disconnected", `the connection closed (${code}) before the reply`));
-    for (const sub of this._subs.values()) {
-      if (sub.state === "subscribed") {
-        sub.state = "subscribing";
-        sub._recovering = sub.position !== null;
-      }
-    }
+    this._awaitResubscribe();
     if (!this._wanted) return;
     const again = push ? push.reconnect !== false : !TERMINAL.has(code);
     if (!again) {
@@ -414,6 +409,17 @@ export class Switchboard {
       return;
     }
     this._retry(code, reason);
+  }
+
+  // The next connection resubscribes from the last position seen, whether this one was
+  // lost or closed by `close()` (a later `connect()` recovers what came in between).
+  _awaitResubscribe() {
+    for (const sub of this._subs.values()) {
+      if (sub.state === "subscribed") {
+        sub.state = "subscribing";
+        sub._recovering = sub.position !== null;
+      }
+    }
   }
 
   // Full jitter: a random delay up to the exponential bound, so that many clients dropped by

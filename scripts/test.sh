@@ -53,5 +53,8 @@ export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
 
 # The JavaScript client (client/switchboard.js) against that binary, with Node's own runner.
 node "${NODE_WS[@]}" --test client/test/*.test.mjs
+# The demo page and the client in headless Chromium (installs Debian's chromium and
+# tests/browser's playwright-core when missing); screenshots in target/browser-artifacts/.
+bash scripts/test-browser.sh
 
 bash scripts/cluster.sh --check

@@ -119,7 +119,7 @@ describe("commands", () => {
     sb.connect();
     const { sub, got } = collect(sb, "t");
     await sub.ready;
-    n.pause();
+    await n.pause();
     try {
       const started = Date.now();
       await assert.rejects(sb.publish("t", 1), (e) => e.code === "timeout" || e.code === "disconnected");
@@ -218,6 +218,22 @@ describe("reconnect", () => {
     await sb.publish("m", 2);
     await until(() => got.length === 2, "live");
     assert.deepEqual(got.map((m) => m.offset), [1, 1]);
+  });
+
+  test("close() then connect() recovers what was published in between", async () => {
+    const n = await node();
+    const { sb } = client(n.ws);
+    sb.connect();
+    const { sub, got, recovered } = collect(sb, "cc");
+    await sub.ready;
+    await sb.publish("cc", 1);
+    await until(() => got.length === 1, "first");
+    sb.close();
+    await n.publish("cc", 2);
+    sb.connect();
+    await until(() => recovered.length === 1, "recovered");
+    assert.equal(recovered[0].recovered, true);
+    assert.deepEqual(got.map((m) => m.offset), [1, 2]);
   });
 
   test("reset: Redis restarted empty under a live subscription", async () => {

@@ -7,7 +7,7 @@
 
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -139,8 +139,21 @@ export class Node {
   }
 
   /** Pauses (SIGSTOP) or resumes (SIGCONT) the process: its sockets stay open, unanswered. */
-  pause() {
+  async pause() {
     this.child.kill("SIGSTOP");
+    // The signal is only queued when kill() returns: wait until every thread has stopped
+    // (state T in /proc), or a command sent now could still be answered.
+    const pid = this.child.pid;
+    await until(() => {
+      try {
+        return readdirSync(`/proc/${pid}/task`).every((t) => {
+          const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, "utf8");
+          return stat.slice(stat.lastIndexOf(")") + 2)[0] === "T";
+        });
+      } catch {
+        return false;
+      }
+    }, `node ${pid} stopped`);
   }
 
   resume() {
