@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The browser tests (tests/browser/), from a fresh machine: installs Debian's `chromium` when
 # /usr/bin/chromium is missing, and tests/browser's npm packages (playwright-core, which
-# drives that Chromium; it downloads no browser of its own) when node_modules is missing or
+# drives that Chromium, downloading no browser of its own; typescript, which checks
+# client/switchboard.d.ts) when node_modules is missing or
 # older than package-lock.json, builds the server binary unless SWITCHBOARD_BIN names one,
 # then runs the tests with `node --test`. Needs Node.js 20 or newer (not installed here:
 # Debian's own is too old). Arguments go to `node --test` (e.g. a single test file).
@@ -64,6 +65,10 @@ if [ -z "${SWITCHBOARD_BIN:-}" ]; then
 fi
 [ -x "$SWITCHBOARD_BIN" ] || { echo "SWITCHBOARD_BIN=$SWITCHBOARD_BIN is not an executable" >&2; exit 1; }
 export SWITCHBOARD_BIN
+
+# client/switchboard.d.ts compiles, and says what docs/clients.md shows (tests/browser/types-check.ts).
+(cd tests/browser && node_modules/.bin/tsc --noEmit --strict --target es2022 --module nodenext \
+  --moduleResolution nodenext types-check.ts)
 
 mkdir -p target/browser-artifacts
 if [ $# -eq 0 ]; then
