@@ -83,6 +83,17 @@ describe("commands", () => {
     assert.equal(ack.offset, 1);
   });
 
+  test("maxQueue commands wait for the connection; one more rejects with queue_full", async () => {
+    const n = await node();
+    const { sb } = client(n.ws, { maxQueue: 2 });
+    sb.connect();
+    const waiting = [sb.publish("q", 1), sb.publish("q", 2)];
+    await assert.rejects(sb.publish("q", 3), (e) => e.code === "queue_full");
+    assert.deepEqual((await Promise.all(waiting)).map((a) => a.offset), [1, 2]);
+    // Once connected, nothing queues.
+    assert.equal((await sb.publish("q", 4)).offset, 3);
+  });
+
   test("server errors reject with a SwitchboardError carrying the server's code", async () => {
     const n = await node({ "namespaces.private.anonymous": "false", "limits.client_publish_rate": "2" });
     const { sb, errors } = client(n.ws);
