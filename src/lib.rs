@@ -35,6 +35,9 @@
 //!   engine hands back into the broker and the registry; [`registry`]: the node's sessions.
 //! - [`config`]: layered settings; [`startup`]: building, serving and draining a node;
 //!   [`error`]: why a node could not start, with its exit code.
+//! - [`cli`]: the binary's client commands (`sub`, `pub`, `token`), apart from the server:
+//!   a WebSocket and HTTP client over awc that reconnects and recovers like the JS client,
+//!   and token minting and checking with [`auth`]'s own verifier. Nothing imports it.
 //! - [`shrink`]: a leaf used by all: long-lived maps and queues give back the capacity of a
 //!   burst once they are mostly empty; and the [`shrink::ThreadHook`] through which the
 //!   binary (`main.rs`, which chooses and tunes the allocator) empties each thread's cache.
@@ -43,6 +46,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
