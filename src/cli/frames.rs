@@ -294,23 +294,18 @@ mod tests {
     #[test]
     fn message_lines_keep_data_as_published() {
         let text = r#"{"type":"message","channel":"c","offset":3,"data":{"n":1.50,"big":123456789012345678901234567890},"info":{"client":"x","user":""}}"#;
-        let [Frame::Message {
-            channel,
-            publication,
-        }] = parse(text).unwrap().try_into().unwrap()
-        else {
-            panic!("not a message")
-        };
-        assert_eq!(message_line(&channel, &publication), text);
         let null = r#"{"type":"message","channel":"c","offset":4,"data":null}"#;
-        let [Frame::Message {
-            channel,
-            publication,
-        }] = parse(null).unwrap().try_into().unwrap()
-        else {
-            panic!("not a message")
-        };
-        assert_eq!(message_line(&channel, &publication), null);
+        for text in [text, null] {
+            let frames = parse(text).unwrap();
+            let [Frame::Message {
+                channel,
+                publication,
+            }] = &frames[..]
+            else {
+                panic!("not a message: {frames:?}")
+            };
+            assert_eq!(message_line(channel, publication), text);
+        }
     }
 
     #[test]

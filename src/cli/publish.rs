@@ -154,7 +154,9 @@ async fn over_websocket(args: &PubArgs, input: &mut Input) -> Result<(), Failure
             };
             match answer {
                 Some(Ok(at)) => {
-                    if print_line(&frames::published_line(&at)).is_err() {
+                    let line = frames::published_line(&at);
+                    if print_line(&line).is_err() {
+                        // Nobody reads stdout any more.
                         return Ok(());
                     }
                 }
