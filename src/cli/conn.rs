@@ -8,7 +8,7 @@
 //!
 //! awc drops the body of a refused handshake (it returns only the status), and the server
 //! puts the reason there (`{"error":{"code","message"}}`), so a client middleware
-//! ([`KeepRefusal`]) keeps what of it arrived with the response head.
+//! (`KeepRefusal`) keeps what of it arrived with the response head.
 
 use std::cell::RefCell;
 use std::rc::Rc;

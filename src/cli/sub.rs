@@ -5,7 +5,7 @@
 //! `reconnect: true`, or any close, connection error or refused connection without such a
 //! push, it reconnects with exponential backoff and full jitter ([`backoff`]), and
 //! resubscribes each channel with `since` = the last position seen on it, so recovered
-//! publications come first, in order, and nothing is printed twice ([`Channel::print`]).
+//! publications come first, in order, and nothing is printed twice (`Channel::print`).
 //! A link that goes quiet is checked with an app-level `ping` and dropped when unanswered.
 //! It stops, exit 1, on what retrying cannot fix: a terminal close code (1003, 1007, 1009,
 //! 4003, 4004), an expired token (4002: the one token it has cannot be refreshed), a
