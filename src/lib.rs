@@ -36,8 +36,9 @@
 //! - [`config`]: layered settings; [`startup`]: building, serving and draining a node;
 //!   [`error`]: why a node could not start, with its exit code.
 //! - [`cli`]: the binary's client commands (`sub`, `pub`, `token`), apart from the server:
-//!   a WebSocket and HTTP client over awc that reconnects and recovers like the JS client,
-//!   and token minting and checking with [`auth`]'s own verifier. Nothing imports it.
+//!   a WebSocket client that reconnects and recovers like the JS client, publishing over
+//!   WebSocket or the HTTP API, and token minting and checking with [`auth`]'s own
+//!   verifier. Nothing in the server imports it.
 //! - [`shrink`]: a leaf used by all: long-lived maps and queues give back the capacity of a
 //!   burst once they are mostly empty; and the [`shrink::ThreadHook`] through which the
 //!   binary (`main.rs`, which chooses and tunes the allocator) empties each thread's cache.

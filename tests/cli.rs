@@ -536,7 +536,15 @@ async fn a_server_that_answers_garbage_is_an_error_not_a_panic() {
             listener.set_nonblocking(true).unwrap();
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((stream, _)) = listener.accept().await {
-                if let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await {
+                use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                // The callback's type is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let speak_v1 = |_: &Request, mut response: Response| {
+                    let v1 = "switchboard.v1.json".parse().unwrap();
+                    response.headers_mut().insert("Sec-WebSocket-Protocol", v1);
+                    Ok(response)
+                };
+                if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, speak_v1).await {
                     let text = tokio_tungstenite::tungstenite::Message::text("<html>");
                     let _ = ws.send(text).await;
                     let _ = ws.next().await;

@@ -1,30 +1,22 @@
-//! One WebSocket connection from `sub` or `pub` to a node, over awc: the handshake (with
-//! the subprotocol and the token as `Authorization: Bearer`), the `welcome` frame, text
-//! frames in (fragments joined, Pings answered) and out. It says what went wrong in terms
-//! a caller can act on: [`ConnectError::retry`] tells a refused or failed handshake worth
-//! retrying (no connection, 5xx) from one that is not (4xx, a server that does not speak
-//! HTTP or WebSocket); [`Event`] tells a close with its code from a connection that just
-//! ended and from a server that sent garbage. It knows nothing of channels.
-//!
-//! awc drops the body of a refused handshake (it returns only the status), and the server
-//! puts the reason there (`{"error":{"code","message"}}`), so a client middleware
-//! (`KeepRefusal`) keeps what of it arrived with the response head.
+//! One WebSocket connection from `sub` or `pub` to a node, over tokio-tungstenite: the
+//! handshake (with the subprotocol and the token as `Authorization: Bearer`), the
+//! `welcome` frame, text messages in (Pings answered, fragments joined by tungstenite) and
+//! out; and the one HTTP call, `pub --api-key`'s, over ureq. It says what went wrong in
+//! terms a caller can act on: [`ConnectError::retry`] tells a refused or failed handshake
+//! worth retrying (no connection, 5xx) from one that is not (4xx, a server that does not
+//! speak HTTP, WebSocket or TLS); [`Event`] tells a close with its code from a connection
+//! that just ended and from a server that sent garbage. It knows nothing of channels.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Duration;
 
-use actix_codec::Framed;
-use actix_http::error::ParseError;
-use actix_http::ws::{Item, ProtocolError};
-use actix_service::Service;
-use awc::error::{ConnectError as AwcConnectError, SendRequestError, WsClientError};
-use awc::http::{StatusCode, Version};
-use awc::ws::{self, Frame, Message};
-use awc::{BoxedSocket, ConnectRequest, ConnectResponse};
-use bytes::Bytes;
-use futures_util::future::LocalBoxFuture;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::endpoint::Endpoint;
 use super::frames::{self, Frame as ServerFrame};
@@ -33,9 +25,8 @@ use crate::protocol::SUBPROTOCOL;
 /// The largest message taken from the server: a `subscribed` reply carries up to a
 /// namespace's whole history, each publication up to `limits.max_message_size`.
 const MAX_MESSAGE: usize = 64 << 20;
-/// How long a TCP (and TLS) connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the handshake, or an HTTP request, may take; and then the `welcome` frame.
+/// How long the connection and its handshake, or an HTTP request, may take; and then the
+/// `welcome` frame.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection could not be opened.
@@ -103,9 +94,7 @@ pub enum Event {
 
 /// An open connection, past its `welcome`.
 pub struct Conn {
-    framed: Framed<BoxedSocket, ws::Codec>,
-    /// The text message being received in fragments.
-    fragments: Option<Vec<u8>>,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
 /// The `welcome` frame, as far as the clients use it.
@@ -121,36 +110,35 @@ impl Conn {
         endpoint: &Endpoint,
         token: Option<&str>,
     ) -> Result<(Conn, Welcome), ConnectError> {
-        let refusal = Rc::new(RefCell::new(None));
-        // HTTP/1.1 only: a WebSocket needs it (over TLS, ALPN says so).
-        let connector = awc::Connector::new()
-            .max_http_version(Version::HTTP_11)
-            .timeout(CONNECT_TIMEOUT);
-        let client = awc::Client::builder()
-            .connector(connector)
-            .timeout(REQUEST_TIMEOUT)
-            .wrap(KeepRefusal(refusal.clone()))
-            .finish();
-        let mut request = client
-            .ws(endpoint.ws_url())
-            .protocols([SUBPROTOCOL])
-            .max_frame_size(MAX_MESSAGE);
+        let mut request = endpoint
+            .ws_url()
+            .into_client_request()
+            .map_err(|e| ConnectError::Garbage(format!("bad URL: {e}")))?;
+        let headers = request.headers_mut();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
         if let Some(token) = token {
-            request = request.bearer_auth(token);
+            // `token_value` let only visible ASCII through.
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ConnectError::Garbage("a token with odd characters".into()))?;
+            headers.insert(header::AUTHORIZATION, value);
         }
-        let framed = match request.connect().await {
-            Ok((_, framed)) => framed,
-            Err(WsClientError::InvalidResponseStatus(status)) => {
-                let body = refusal.borrow_mut().take().unwrap_or_default();
-                return Err(refused(status, &body));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        let ws = match tokio::time::timeout(REQUEST_TIMEOUT, connect).await {
+            Err(_) => {
+                return Err(ConnectError::Unreachable(format!(
+                    "no answer within {REQUEST_TIMEOUT:?}"
+                )))
             }
-            Err(WsClientError::SendRequest(e)) => return Err(send_error(e)),
-            Err(e) => return Err(ConnectError::Garbage(format!("handshake: {e}"))),
+            Ok(Ok((ws, _))) => ws,
+            Ok(Err(e)) => return Err(handshake_error(e)),
         };
-        let mut conn = Conn {
-            framed,
-            fragments: None,
-        };
+        let mut conn = Conn { ws };
         let first = tokio::time::timeout(REQUEST_TIMEOUT, conn.next_text()).await;
         let text = match first {
             Err(_) => {
@@ -190,87 +178,53 @@ impl Conn {
         }
     }
 
-    /// The next event. Cancel-safe: a message received in fragments is kept across calls.
+    /// The next event. Cancel-safe (tungstenite keeps a message received in part).
     pub async fn recv(&mut self) -> Event {
-        loop {
-            let frame = match self.framed.next().await {
-                None => return Event::Ended("the connection ended".into()),
-                Some(Err(ProtocolError::Io(e))) => return Event::Ended(e.to_string()),
-                Some(Err(e)) => return Event::Garbage(format!("broken WebSocket frame: {e}")),
-                Some(Ok(frame)) => frame,
-            };
-            let last = match frame {
-                Frame::Text(bytes) => bytes,
-                Frame::Binary(_) | Frame::Continuation(Item::FirstBinary(_)) => {
-                    return Event::Garbage("a binary frame on the JSON protocol".into())
-                }
-                Frame::Continuation(Item::FirstText(bytes)) => {
-                    self.fragments = Some(bytes.to_vec());
-                    continue;
-                }
-                Frame::Continuation(Item::Continue(bytes)) => {
-                    if let Some(event) = self.append(&bytes) {
-                        return event;
-                    }
-                    continue;
-                }
-                Frame::Continuation(Item::Last(bytes)) => {
-                    if let Some(event) = self.append(&bytes) {
-                        return event;
-                    }
-                    Bytes::from(self.fragments.take().unwrap_or_default())
-                }
-                Frame::Ping(payload) => {
-                    // A failed send shows as the connection ending on the next read.
-                    let _ = self.framed.send(Message::Pong(payload)).await;
-                    return Event::Heard;
-                }
-                Frame::Pong(_) => return Event::Heard,
-                Frame::Close(reason) => {
-                    let _ = self.framed.send(Message::Close(reason.clone())).await;
-                    return Event::Closed {
-                        code: reason.as_ref().map(|r| u16::from(r.code)),
-                        reason: reason.and_then(|r| r.description).unwrap_or_default(),
-                    };
-                }
-            };
-            return match String::from_utf8(last.to_vec()) {
-                Ok(text) => Event::Text(text),
-                Err(_) => Event::Garbage("a text frame that is not UTF-8".into()),
-            };
-        }
-    }
-
-    /// Adds a fragment to the message being received; an event when that is wrong.
-    fn append(&mut self, bytes: &[u8]) -> Option<Event> {
-        let Some(message) = self.fragments.as_mut() else {
-            return Some(Event::Garbage("a continuation frame out of place".into()));
+        let message = match self.ws.next().await {
+            None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                return Event::Ended("the connection ended".into())
+            }
+            Some(Err(WsError::Io(e))) => return Event::Ended(e.to_string()),
+            Some(Err(WsError::Protocol(e)))
+                if matches!(
+                    e,
+                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                ) =>
+            {
+                return Event::Ended(e.to_string())
+            }
+            Some(Err(e)) => return Event::Garbage(format!("broken WebSocket traffic: {e}")),
+            Some(Ok(message)) => message,
         };
-        if message.len() + bytes.len() > MAX_MESSAGE {
-            return Some(Event::Garbage(format!(
-                "a message over {MAX_MESSAGE} bytes"
-            )));
+        match message {
+            Message::Text(text) => Event::Text(text.as_str().to_string()),
+            Message::Binary(_) => Event::Garbage("a binary frame on the JSON protocol".into()),
+            // tungstenite answers Pings itself, with the next read or write.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Event::Heard,
+            Message::Close(frame) => Event::Closed {
+                code: frame.as_ref().map(|f| u16::from(f.code)),
+                reason: frame
+                    .map(|f| f.reason.as_str().to_string())
+                    .unwrap_or_default(),
+            },
         }
-        message.extend_from_slice(bytes);
-        None
     }
 
     /// Sends a text message.
     pub async fn send(&mut self, text: String) -> Result<(), String> {
-        self.framed
-            .send(Message::Text(text.into()))
+        self.ws
+            .send(Message::text(text))
             .await
             .map_err(|e| format!("cannot send: {e}"))
     }
 
-    /// Says goodbye (Close 1000), without waiting for the answer.
+    /// Says goodbye (Close 1000), waiting a moment for the server's answer.
     pub async fn close(mut self) {
-        let reason = ws::CloseReason::from(ws::CloseCode::Normal);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            self.framed.send(Message::Close(Some(reason))),
-        )
-        .await;
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(Some(frame))).await;
     }
 }
 
@@ -288,29 +242,40 @@ pub fn describe(event: &Event) -> String {
     }
 }
 
-/// The HTTP client: HTTP/1.1 only, bounded connect and request times (as
-/// [`Conn::open`]'s, which adds a middleware).
-pub fn http_client() -> awc::Client {
-    let connector = awc::Connector::new()
-        .max_http_version(Version::HTTP_11)
-        .timeout(CONNECT_TIMEOUT);
-    awc::Client::builder()
-        .connector(connector)
-        .timeout(REQUEST_TIMEOUT)
-        .finish()
-}
-
-/// A refused handshake, with the server's reason from its error body when there is one.
-fn refused(status: StatusCode, body: &[u8]) -> ConnectError {
-    ConnectError::Refused {
-        status: status.as_u16(),
-        reason: error_body(status, body),
+/// A failed handshake, sorted into "refused", "try again" and "not a server we can talk
+/// to".
+fn handshake_error(e: WsError) -> ConnectError {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Http(response) => ConnectError::Refused {
+            status: response.status().as_u16(),
+            reason: error_body(
+                response.status().canonical_reason(),
+                response.body().as_deref().unwrap_or_default(),
+            ),
+        },
+        // rustls reports a failed TLS handshake (a bad certificate, a server that does not
+        // speak TLS) as invalid data: retrying would not change it.
+        WsError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            ConnectError::Garbage(format!("TLS: {e}"))
+        }
+        WsError::Io(e) => ConnectError::Unreachable(e.to_string()),
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
+            ConnectError::Unreachable("the connection ended during the handshake".into())
+        }
+        WsError::Tls(e) => ConnectError::Garbage(format!("TLS: {e}")),
+        WsError::Protocol(ProtocolError::HttparseError(e)) => {
+            ConnectError::Garbage(format!("the answer is not HTTP: {e}"))
+        }
+        other => ConnectError::Garbage(format!("handshake: {other}")),
     }
 }
 
 /// `{"error":{"code","message"}}` as `code: message`; else the status's name and the start
 /// of the body.
-pub fn error_body(status: StatusCode, body: &[u8]) -> String {
+pub fn error_body(status_name: Option<&str>, body: &[u8]) -> String {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let field = |name: &str| error.and_then(|e| e.get(name)).and_then(|v| v.as_str());
@@ -318,7 +283,7 @@ pub fn error_body(status: StatusCode, body: &[u8]) -> String {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         _ => {
             let text = String::from_utf8_lossy(body);
-            let name = status.canonical_reason().unwrap_or("");
+            let name = status_name.unwrap_or("");
             match text.trim() {
                 "" => name.to_string(),
                 text => format!("{name}: {}", frames::excerpt(text)),
@@ -327,79 +292,61 @@ pub fn error_body(status: StatusCode, body: &[u8]) -> String {
     }
 }
 
-/// A failed request, sorted into "try again" and "not a server we can talk to".
-pub fn send_error(e: SendRequestError) -> ConnectError {
-    match e {
-        // rustls reports a failed TLS handshake (a bad certificate, a server that does not
-        // speak TLS) as invalid data: retrying would not change it.
-        SendRequestError::Connect(AwcConnectError::Io(io))
-            if io.kind() == std::io::ErrorKind::InvalidData =>
-        {
-            ConnectError::Garbage(format!("TLS: {io}"))
-        }
-        SendRequestError::Connect(e) => ConnectError::Unreachable(e.to_string()),
-        SendRequestError::Send(io) => ConnectError::Unreachable(io.to_string()),
-        SendRequestError::Timeout => {
-            ConnectError::Unreachable(format!("no answer within {REQUEST_TIMEOUT:?}"))
-        }
-        SendRequestError::Response(e) => match e {
-            ParseError::Io(_) | ParseError::Incomplete | ParseError::Timeout => {
-                ConnectError::Unreachable(format!("the connection ended: {e}"))
-            }
-            other => ConnectError::Garbage(format!("the answer is not HTTP: {other}")),
-        },
-        other => ConnectError::Garbage(other.to_string()),
-    }
+/// An HTTP answer: status and body.
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// Its standard name (`Unauthorized`).
+    pub status_name: Option<&'static str>,
+    /// The body, at most 1 MiB.
+    pub body: Vec<u8>,
 }
 
-/// awc middleware that keeps the start of a refused WebSocket handshake's body: what the
-/// server sent along with the response head (its error body is small and written with the
-/// head, so it is there).
-struct KeepRefusal(Rc<RefCell<Option<Vec<u8>>>>);
-
-impl<S> awc::middleware::Transform<S, ConnectRequest> for KeepRefusal
-where
-    S: Service<ConnectRequest, Response = ConnectResponse, Error = SendRequestError> + 'static,
-{
-    type Transform = KeepRefusalService<S>;
-
-    fn new_transform(self, service: S) -> Self::Transform {
-        KeepRefusalService {
-            service: Rc::new(service),
-            body: self.0,
-        }
-    }
-}
-
-/// The service [`KeepRefusal`] wraps around the connector.
-struct KeepRefusalService<S> {
-    service: Rc<S>,
-    body: Rc<RefCell<Option<Vec<u8>>>>,
-}
-
-impl<S> Service<ConnectRequest> for KeepRefusalService<S>
-where
-    S: Service<ConnectRequest, Response = ConnectResponse, Error = SendRequestError> + 'static,
-{
-    type Response = ConnectResponse;
-    type Error = SendRequestError;
-    type Future = LocalBoxFuture<'static, Result<ConnectResponse, SendRequestError>>;
-
-    actix_service::forward_ready!(service);
-
-    fn call(&self, request: ConnectRequest) -> Self::Future {
-        let (service, body) = (self.service.clone(), self.body.clone());
-        Box::pin(async move {
-            match service.call(request).await? {
-                ConnectResponse::Tunnel(head, framed)
-                    if head.status != StatusCode::SWITCHING_PROTOCOLS =>
-                {
-                    let parts = framed.into_parts();
-                    *body.borrow_mut() = Some(parts.read_buf.to_vec());
-                    Ok(ConnectResponse::Tunnel(head, Framed::from_parts(parts)))
-                }
-                response => Ok(response),
-            }
+/// POSTs `body` (JSON) to `url` with `authorization`, on a thread of the runtime's blocking
+/// pool (ureq blocks). `Err` says why no answer came.
+pub async fn post_json(
+    agent: &ureq::Agent,
+    url: &str,
+    authorization: &str,
+    body: String,
+) -> Result<HttpAnswer, String> {
+    let (agent, url, authorization) = (agent.clone(), url.to_string(), authorization.to_string());
+    let call = move || -> Result<HttpAnswer, ureq::Error> {
+        let mut response = agent
+            .post(&url)
+            .header("Authorization", &authorization)
+            .content_type("application/json")
+            .send(body)?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()?;
+        Ok(HttpAnswer {
+            status: status.as_u16(),
+            status_name: status.canonical_reason(),
+            body,
         })
+    };
+    match tokio::task::spawn_blocking(call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(match e {
+            ureq::Error::Io(e) => format!("cannot connect: {e}"),
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+                format!("cannot connect: {e}")
+            }
+            other => other.to_string(),
+        }),
+        Err(e) => Err(format!("the request did not finish: {e}")),
     }
+}
+
+/// The HTTP client: HTTP errors are answers, not failures; bounded in time.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into()
 }

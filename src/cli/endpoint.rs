@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use awc::http::Uri;
+use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::channel::ChannelName;
 
@@ -64,6 +64,15 @@ pub fn channel_name(name: &str) -> Result<String, String> {
     ChannelName::parse(name)
         .map(|c| c.as_str().to_string())
         .map_err(|e| format!("{name:?}: {e}"))
+}
+
+/// A token given on the command line: it travels in an HTTP header, so visible ASCII only
+/// (a JWT is base64url and dots).
+pub fn token_value(token: &str) -> Result<String, String> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("a token is visible ASCII characters with no spaces (a JWT)".into());
+    }
+    Ok(token.to_string())
 }
 
 /// A channel position: the last `offset` seen in `epoch`; `--since OFFSET:EPOCH`.

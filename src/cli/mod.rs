@@ -6,8 +6,8 @@
 //! [`crate::auth::Verifier`]).
 //!
 //! - [`endpoint`]: the `--url` (and the HTTP API address derived from it), `--since`.
-//! - [`conn`]: one WebSocket connection over awc: the handshake (and the body of a refused
-//!   one), frames in and out, what went wrong and whether it is worth retrying.
+//! - [`conn`]: one WebSocket connection (tokio-tungstenite): the handshake, frames in and
+//!   out, what went wrong and whether it is worth retrying; and the one HTTP call (ureq).
 //! - [`frames`]: the server's frames as the client reads them, and the lines it prints.
 //! - [`sub`], [`publish`], [`token`]: the three commands.
 //!
@@ -88,8 +88,8 @@ pub fn run(command: Command, config: Option<&Path>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match command {
         Command::Token(args) => token::run(args, config),
-        Command::Sub(args) => actix_web::rt::System::new().block_on(sub::run(args)),
-        Command::Pub(args) => actix_web::rt::System::new().block_on(publish::run(args)),
+        Command::Sub(args) => runtime().and_then(|rt| rt.block_on(sub::run(args))),
+        Command::Pub(args) => runtime().and_then(|rt| rt.block_on(publish::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,6 +98,14 @@ pub fn run(command: Command, config: Option<&Path>) -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// One thread is plenty for one connection (and ureq's calls go to the blocking pool).
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::failed(format!("cannot start: {e}")))
 }
 
 /// Writes one line on stdout and flushes it, so that a pipe sees it at once. `Err` when

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
-use super::conn::{describe, error_body, http_client, send_error, Conn, Event};
-use super::endpoint::{channel_name, Endpoint, Position, DEFAULT_URL};
+use super::conn::{describe, error_body, http_agent, post_json, Conn, Event};
+use super::endpoint::{channel_name, token_value, Endpoint, Position, DEFAULT_URL};
 use super::frames::{self, excerpt, Frame};
 use super::{print_line, say, Failure};
 
@@ -41,7 +41,7 @@ pub struct PubArgs {
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: Endpoint,
     /// A token (JWT), for namespaces that are not anonymous.
-    #[arg(long, conflicts_with = "api_key")]
+    #[arg(long, conflicts_with = "api_key", value_parser = token_value)]
     pub token: Option<String>,
     /// Publish through the HTTP API (`POST /api/publish`) with this key.
     #[arg(long, value_name = "KEY")]
@@ -246,8 +246,9 @@ struct HttpPublished {
 
 /// Publishes through the HTTP API, one request at a time.
 async fn over_http(args: &PubArgs, key: &str, input: &mut Input) -> Result<(), Failure> {
-    let client = http_client();
+    let agent = http_agent();
     let url = args.url.api_url("/api/publish");
+    let authorization = format!("apikey {key}");
     while let Some((line, data)) = input.next().await? {
         let at = label(line);
         let body = HttpPublish {
@@ -255,24 +256,15 @@ async fn over_http(args: &PubArgs, key: &str, input: &mut Input) -> Result<(), F
             data: &data,
         };
         let body = serde_json::to_string(&body).unwrap_or_default();
-        let mut response = client
-            .post(&url)
-            .insert_header(("Authorization", format!("apikey {key}")))
-            .content_type("application/json")
-            .send_body(body)
+        let answer = post_json(&agent, &url, &authorization, body)
             .await
-            .map_err(|e| Failure::failed(format!("{at}{url}: {}", send_error(e))))?;
-        let bytes = response
-            .body()
-            .limit(1 << 20)
-            .await
-            .map_err(|e| Failure::failed(format!("{at}{url}: reading the answer: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
+            .map_err(|why| Failure::failed(format!("{at}{url}: {why}")))?;
+        let bytes = answer.body;
+        if !(200..300).contains(&answer.status) {
             return Err(Failure::failed(format!(
                 "{at}HTTP {} {}",
-                status.as_u16(),
-                error_body(status, &bytes)
+                answer.status,
+                error_body(answer.status_name, &bytes)
             )));
         }
         let published: HttpPublished = serde_json::from_slice(&bytes).map_err(|e| {

@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::conn::{describe, Conn, Event};
-use super::endpoint::{channel_name, Endpoint, Position, DEFAULT_URL};
+use super::endpoint::{channel_name, token_value, Endpoint, Position, DEFAULT_URL};
 use super::frames::{self, Disconnect, Frame, Publication};
 use super::{print_line, say, Failure};
 use crate::protocol::CloseCode;
@@ -49,7 +49,7 @@ pub struct SubArgs {
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: Endpoint,
     /// A token (JWT), for namespaces that are not anonymous.
-    #[arg(long)]
+    #[arg(long, value_parser = token_value)]
     pub token: Option<String>,
     /// Recover from this position on the first subscribe of every channel (the offset of
     /// the last message seen and its epoch).
