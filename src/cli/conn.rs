@@ -332,6 +332,10 @@ pub async fn post_json(
     match tokio::task::spawn_blocking(call).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(match e {
+            // rustls reports a failed TLS handshake as invalid data.
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                format!("TLS: {e}")
+            }
             ureq::Error::Io(e) => format!("cannot connect: {e}"),
             ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
                 format!("cannot connect: {e}")
