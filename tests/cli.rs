@@ -415,6 +415,33 @@ async fn token_round_trip_and_terminal_close() {
     assert_eq!(status, 200);
     assert_message(&sub.messages(1)[0], "priv:room", 1, &json!("hi"));
 
+    // A token that expires under a connection: 4002, and sub cannot refresh it.
+    let (code, short, err) = run(
+        &[
+            "token",
+            "--secret",
+            SECRET,
+            "--sub",
+            "carol",
+            "--channels",
+            "priv:*",
+            "--ttl",
+            "2s",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut expiring =
+        Running::start(&["sub", "--url", &url, "--token", short.trim(), "priv:room"]);
+    expiring.stderr_line("subscribed to priv:room at 1:");
+    assert_eq!(expiring.exit(), 1);
+    let err = expiring.stderr();
+    assert!(
+        err.contains("4002 token_expired") && err.contains("cannot refresh"),
+        "{err}"
+    );
+
     // An operator disconnects alice: 4003, terminal.
     let (status, body) = app
         .api(
@@ -432,7 +459,7 @@ async fn token_round_trip_and_terminal_close() {
 
 #[tokio::test]
 async fn sub_survives_a_node_restart_without_a_gap_or_a_duplicate() {
-    let redis = Redis::start();
+    let mut redis = Redis::start();
     let prefix = unique_prefix();
     let start = |name: &str, bind: &str| {
         spawn_app(&[
@@ -492,6 +519,44 @@ async fn sub_survives_a_node_restart_without_a_gap_or_a_duplicate() {
     // Nothing more: one more publication is the next line.
     publish(31).await;
     assert_message(&sub.messages(1)[0], "feed", 31, &json!({"n": 31}));
+
+    // Redis comes back empty: a reset on stderr, and offset 1 of the new epoch is printed
+    // (not taken for an old one).
+    redis.restart();
+    a.wait_ready(200).await;
+    b.wait_ready(200).await;
+    sub.stderr_line("feed: reset to epoch");
+    let body = json!({"channel": "feed", "data": "new"});
+    let (status, answer) = b.api("POST", "/api/publish", KEY, Some(body)).await;
+    assert_eq!(
+        (status, answer["offset"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    assert_message(&sub.messages(1)[0], "feed", 1, &json!("new"));
+}
+
+#[tokio::test]
+async fn sub_drops_a_dead_link_and_comes_back() {
+    let app = spawn_app(&[("heartbeat.interval", "100ms"), ("api.keys", KEY)]);
+    let url = app.ws_url();
+    let sub = Running::start(&["sub", "--url", &url, "chat"]);
+    sub.stderr_line("subscribed to chat at 0:");
+    // The node stops answering, its connections open: no Ping, no pong.
+    app.signal("STOP");
+    sub.stderr_line("no answer to a ping: the link is dead; reconnecting in");
+    app.signal("CONT");
+    sub.stderr_line("subscribed to chat at 0:");
+    let (status, _) = app
+        .api(
+            "POST",
+            "/api/publish",
+            KEY,
+            Some(json!({"channel":"chat","data":1})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_message(&sub.messages(1)[0], "chat", 1, &json!(1));
 }
 
 /// A listener that answers every connection with `answer`, after reading the request.
