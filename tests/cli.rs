@@ -559,6 +559,21 @@ async fn sub_drops_a_dead_link_and_comes_back() {
     assert_message(&sub.messages(1)[0], "chat", 1, &json!(1));
 }
 
+#[tokio::test]
+async fn sub_retries_a_full_node_until_it_has_room() {
+    let app = spawn_app(&[("limits.max_connections", "1")]);
+    let other = app.client().await;
+    let url = app.ws_url();
+    let sub = Running::start(&["sub", "--url", &url, "chat"]);
+    let refused = sub.stderr_line("reconnecting in");
+    assert!(
+        refused.contains("HTTP 503 unavailable: limits.max_connections reached"),
+        "{refused}"
+    );
+    drop(other);
+    sub.stderr_line("subscribed to chat at 0:");
+}
+
 /// A listener that answers every connection with `answer`, after reading the request.
 fn garbage_server(answer: &'static [u8]) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
