@@ -36,6 +36,10 @@
 //!   engine hands back into the broker and the registry; [`registry`]: the node's sessions.
 //! - [`config`]: layered settings; [`startup`]: building, serving and draining a node;
 //!   [`error`]: why a node could not start, with its exit code.
+//! - [`cli`]: the binary's client commands (`sub`, `pub`, `token`), apart from the server:
+//!   a WebSocket client that reconnects and recovers like the JS client, publishing over
+//!   WebSocket or the HTTP API, and token minting and checking with [`auth`]'s own
+//!   verifier. Nothing in the server imports it.
 //! - [`shrink`]: a leaf used by all: long-lived maps and queues give back the capacity of a
 //!   burst once they are mostly empty; and the [`shrink::ThreadHook`] through which the
 //!   binary (`main.rs`, which chooses and tunes the allocator) empties each thread's cache.
@@ -45,6 +49,7 @@ pub mod assets;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -1,6 +1,8 @@
 //! The `switchboard` binary: parses flags, loads the configuration (exit code 2 when it is
 //! bad), sets up logging, and runs one node until SIGTERM or SIGINT; a node that cannot
-//! start exits with its cause's code (`StartupError::exit_code`). It also chooses the
+//! start exits with its cause's code (`StartupError::exit_code`). The client commands
+//! (`sub`, `pub`, `token`) are handed to `switchboard::cli` before any configuration is
+//! read. It also chooses the
 //! allocator, jemalloc, with its settings and the per-thread housekeeping it hands the
 //! node. Everything else lives in the library.
 
@@ -8,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use switchboard::cli;
 use switchboard::config::{self, Settings};
 use switchboard::startup::{wait_for_signal, Application, StartupError};
 
@@ -75,11 +78,21 @@ enum Cmd {
     Serve,
     /// Apply the Redis schema in migrations/ to `engine.redis_url` and exit.
     Migrate,
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    // A client's stderr is for its own lines: the libraries' logs only when asked for.
+    let level = match cli.command {
+        Some(Cmd::Client(_)) => "warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    if let Some(Cmd::Client(command)) = cli.command {
+        return cli::run(command, cli.config.as_deref());
+    }
     // A `SWITCHBOARD_API_KEYS` (one underscore) would otherwise be ignored without a word.
     let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
     for warning in config::unread_variables(names) {
