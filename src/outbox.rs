@@ -56,10 +56,20 @@ pub struct WsFrame(bytes::Bytes);
 impl WsFrame {
     /// Frames `text` as one final text frame.
     pub fn text(text: &str) -> WsFrame {
-        let payload = text.as_bytes();
+        WsFrame::message(0x81, text.as_bytes())
+    }
+
+    /// Frames `data` as one final binary frame. `/ws` sends none (its protocol is JSON
+    /// text); the conformance echo server (examples/echo.rs) echoes binary messages so.
+    pub fn binary(data: &[u8]) -> WsFrame {
+        WsFrame::message(0x82, data)
+    }
+
+    /// One final frame whose first byte (FIN and opcode) is `first`, carrying `payload`.
+    fn message(first: u8, payload: &[u8]) -> WsFrame {
         let n = payload.len();
         let mut out = bytes::BytesMut::with_capacity(n + 10);
-        out.extend_from_slice(&[0x81]);
+        out.extend_from_slice(&[first]);
         if n < 126 {
             out.extend_from_slice(&[n as u8]);
         } else if n <= u16::MAX as usize {
@@ -534,8 +544,8 @@ mod tests {
         assert_eq!(a.subscription_count(), 0);
     }
 
-    /// Our framing is byte for byte what actix-http's own encoder writes, at every length
-    /// boundary (7-bit, 16-bit and 64-bit lengths).
+    /// Our framing is byte for byte what actix-http's own encoder writes, text and binary,
+    /// at every length boundary (7-bit, 16-bit and 64-bit lengths).
     #[test]
     fn ws_frame_matches_actix_encoder() {
         for n in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
@@ -551,6 +561,15 @@ mod tests {
             let ours = WsFrame::text(&text);
             assert_eq!(ours.bytes(), &expected[..], "length {n}");
             assert_eq!(ours.len(), expected.len());
+            let mut expected = bytes::BytesMut::new();
+            actix_http::ws::Parser::write_message(
+                &mut expected,
+                text.as_bytes(),
+                actix_http::ws::OpCode::Binary,
+                true,
+                false,
+            );
+            assert_eq!(WsFrame::binary(text.as_bytes()).bytes(), &expected[..]);
         }
     }
 

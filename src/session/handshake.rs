@@ -3,9 +3,18 @@
 //! order, answering refusals with the HTTP error body;
 //! then upgrades the connection and starts a [`Session`] whose response body is a
 //! `SessionBody`, and which reads the client through it.
+//!
+//! The RFC 6455 part ([`upgrade`]: the upgrade checks and the connection's codec) and the
+//! start of the connection ([`start`]: the actor, its response body and how it closes) are
+//! public, so that the conformance echo server (examples/echo.rs, docs/conformance.md) is
+//! the same code as `/ws` where Autobahn|Testsuite looks.
 
+use std::sync::Arc;
+
+use actix::{Actor, StreamHandler};
+use actix_http::ws::{Codec, ProtocolError};
 use actix_web::http::{header, StatusCode, Version};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use actix_web_actors::ws;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -13,7 +22,9 @@ use serde::Deserialize;
 use super::body::{ClientSide, ClientStream, SessionBody};
 use super::Session;
 use crate::auth::{AuthError, Identity};
+use crate::config::Settings;
 use crate::node::Node;
+use crate::outbox::Outbox;
 use crate::protocol::{ApiError, ErrorCode, SUBPROTOCOL};
 
 #[derive(Deserialize)]
@@ -93,34 +104,9 @@ pub async fn ws_route(
         },
     };
     // The upgrade itself, before capacity so that no malformed request holds a place.
-    let upgrade = ws::handshake_with_protocols(&req, &[SUBPROTOCOL])
-        .map_err(|e| match e {
-            ws::HandshakeError::UnsupportedVersion => UpgradeRefusal::Version,
-            other => UpgradeRefusal::NotUpgrade(other),
-        })
-        .and_then(|response| check_upgrade(&req).map(|()| response));
-    let mut response = match upgrade {
-        Ok(response) => response,
-        Err(UpgradeRefusal::Version) => {
-            let mut refused = ApiError::new(
-                ErrorCode::BadRequest,
-                "unsupported Sec-WebSocket-Version: this server speaks version 13",
-            )
-            .error_response();
-            *refused.status_mut() = StatusCode::UPGRADE_REQUIRED;
-            refused.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                header::HeaderValue::from_static("13"),
-            );
-            return counted(refused);
-        }
-        Err(UpgradeRefusal::Malformed(why)) => return refuse(ErrorCode::BadRequest, why),
-        Err(UpgradeRefusal::NotUpgrade(e)) => {
-            return refuse(
-                ErrorCode::BadRequest,
-                &format!("not a WebSocket upgrade: {e}"),
-            )
-        }
+    let upgraded = match upgrade(&req, &node.settings) {
+        Ok(upgraded) => upgraded,
+        Err(refused) => return counted(refused.response()),
     };
     // Capacity, the last check: a draining node takes no new connection.
     if node.is_draining() {
@@ -129,26 +115,103 @@ pub async fn ws_route(
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
-    let max = node.settings.limits.max_message_size;
     let session = Session::new(node.clone(), identity, slot);
     let outbox = session.outbox.clone();
-    let codec = actix_http::ws::Codec::new().max_size(max);
+    start(upgraded, stream, session, outbox)
+}
+
+/// A WebSocket upgrade accepted by [`upgrade`]: the 101 response, still without its body,
+/// and the codec the connection reads and writes with.
+pub struct Upgrade {
+    response: HttpResponseBuilder,
+    codec: Codec,
+    // TODO(issue 12, permessage-deflate): the extension negotiated here (`Option<Agreed>`),
+    // with an accessor, so that each caller builds its outbox's `Encoding` from it.
+}
+
+/// The RFC 6455 part of the handshake, shared by `/ws` and the conformance echo server:
+/// refuses a request that is not a version 13 WebSocket upgrade as RFC 6455 section 4.2.1
+/// has it (400, or 426 naming version 13: see [`UpgradeRefusal::response`]), answers a
+/// `switchboard.v1.json` offer, and makes the connection's codec, which refuses a message
+/// past `limits.max_message_size` at its frame header.
+///
+/// TODO(issue 12, permessage-deflate): negotiate the extension here, from `settings`
+/// (`compression.enabled`) and the request's `Sec-WebSocket-Extensions`: the answer in the
+/// 101 response, `Codec::inflate_with` on the codec, the agreement in [`Upgrade`]. Both
+/// `/ws` and examples/echo.rs then negotiate it the same way, and Autobahn's cases 12 and
+/// 13 test what browsers get.
+pub fn upgrade(req: &HttpRequest, settings: &Settings) -> Result<Upgrade, UpgradeRefusal> {
+    let response = ws::handshake_with_protocols(req, &[SUBPROTOCOL]).map_err(|e| match e {
+        ws::HandshakeError::UnsupportedVersion => UpgradeRefusal::Version,
+        other => UpgradeRefusal::NotUpgrade(other),
+    })?;
+    check_upgrade(req)?;
+    let codec = Codec::new().max_size(settings.limits.max_message_size);
+    Ok(Upgrade { response, codec })
+}
+
+/// Starts `actor` on an upgraded connection: it reads the client's frames through the
+/// upgrade's codec, and one `SessionBody` writes out its own frames (control frames, its
+/// Close) and what it queues in `outbox`, and holds the connection open for the client's
+/// Close once the actor has stopped (RFC 6455 section 7.1.1). An actor closes by
+/// closing `outbox`, then its context, as the session does.
+pub fn start<A>(
+    upgrade: Upgrade,
+    stream: web::Payload,
+    actor: A,
+    outbox: Arc<Outbox>,
+) -> HttpResponse
+where
+    A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ProtocolError>>,
+{
+    let Upgrade {
+        mut response,
+        codec,
+    } = upgrade;
     // The actor reads the client through the body's `ClientStream`, so that the body knows
     // whether the client's Close has come when the actor stops.
     let client = ClientSide::new(stream);
-    let actor = ws::WebsocketContext::with_codec(session, ClientStream(client.clone()), codec);
+    let actor = ws::WebsocketContext::with_codec(actor, ClientStream(client.clone()), codec);
     response.streaming(SessionBody::new(actor, outbox, client))
 }
 
 /// Why an upgrade request is refused.
 #[derive(Debug, PartialEq)]
-enum UpgradeRefusal {
+pub enum UpgradeRefusal {
     /// Not a WebSocket upgrade at all (actix-web-actors' verdict): HTTP 400.
     NotUpgrade(ws::HandshakeError),
     /// A `Sec-WebSocket-Version` other than 13: HTTP 426, naming the version we speak.
     Version,
     /// Not what RFC 6455 section 4.1 requires of a client: HTTP 400.
     Malformed(&'static str),
+}
+
+impl UpgradeRefusal {
+    /// The HTTP answer, with the error body (not counted in the metrics: the caller does).
+    pub fn response(&self) -> HttpResponse {
+        match self {
+            UpgradeRefusal::Version => {
+                let mut refused = ApiError::new(
+                    ErrorCode::BadRequest,
+                    "unsupported Sec-WebSocket-Version: this server speaks version 13",
+                )
+                .error_response();
+                *refused.status_mut() = StatusCode::UPGRADE_REQUIRED;
+                refused.headers_mut().insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    header::HeaderValue::from_static("13"),
+                );
+                refused
+            }
+            UpgradeRefusal::Malformed(why) => {
+                ApiError::new(ErrorCode::BadRequest, *why).error_response()
+            }
+            UpgradeRefusal::NotUpgrade(e) => {
+                let why = format!("not a WebSocket upgrade: {e}");
+                ApiError::new(ErrorCode::BadRequest, &why).error_response()
+            }
+        }
+    }
 }
 
 /// The opening handshake, once actix-web-actors took it as an upgrade, as strictly as

@@ -7,7 +7,8 @@
 //! the connection's response body copies the outbox out between the actor's own frames.
 //!
 //! Files: [`handshake`] (the `/ws` route: checks, upgrade), this file (the actor, its
-//! commands' turns and the subscribe/unsubscribe/refresh commands), `queue` (the command
+//! commands' turns and the subscribe/unsubscribe/refresh commands), [`incoming`] (the
+//! client's messages made whole, and which failure closes how), `queue` (the command
 //! queue and its bounds), `publish` (the rate limit and `publish`), `queries` (`presence`
 //! and `history`), `body` (the response body, and when the connection ends). It talks to
 //! the broker (subscriptions), the engine trait (publish, history, presence) and the
@@ -18,6 +19,7 @@
 
 mod body;
 pub mod handshake;
+pub mod incoming;
 mod publish;
 mod queries;
 mod queue;
@@ -27,10 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use actix_http::ws::{CloseReason, Item, ProtocolError};
+use actix_http::ws::{CloseReason, ProtocolError};
 use actix_web::web;
 use actix_web_actors::ws;
-use bytes::BytesMut;
 use bytestring::ByteString;
 
 use crate::auth::Identity;
@@ -45,6 +46,7 @@ use crate::protocol::{
 };
 use crate::registry::Slot;
 pub use handshake::ws_route;
+use incoming::{Incoming, Received, Refusal};
 use queue::{CommandQueue, Queued};
 use rate::TokenBucket;
 
@@ -69,8 +71,8 @@ pub struct Session {
     commands: CommandQueue,
     /// The subscription whose `subscribed` reply (or failure) the queue waits for.
     joining: Option<u64>,
-    /// A fragmented text message being reassembled.
-    fragment: Option<BytesMut>,
+    /// The client's messages, made whole.
+    incoming: Incoming,
     expiry: Option<SpawnHandle>,
     /// The code this side closed with, for the log line.
     closed_with: Option<u16>,
@@ -110,7 +112,7 @@ impl Session {
             errors: 0,
             commands,
             joining: None,
-            fragment: None,
+            incoming: Incoming::new(false),
             expiry: None,
             closed_with: None,
             handle: None,
@@ -437,34 +439,6 @@ impl Session {
         .to_text();
         self.send(ctx, frame);
     }
-
-    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (bytes, last) = match item {
-            Item::FirstBinary(_) => return self.close(ctx, CloseCode::UnsupportedData),
-            Item::FirstText(b) => {
-                self.fragment = Some(BytesMut::new());
-                (b, false)
-            }
-            Item::Continue(b) => (b, false),
-            Item::Last(b) => (b, true),
-        };
-        let Some(buf) = self.fragment.as_mut() else {
-            // A continuation without a first frame: the peer broke RFC 6455.
-            log::info!("continuation without a first frame client={}", self.client);
-            self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
-            return;
-        };
-        // No size check here: the codec refuses the fragment whose header would take the
-        // message past `limits.max_message_size` (vendor/README.md), before it is read.
-        buf.extend_from_slice(&bytes);
-        if last {
-            let whole = self.fragment.take().unwrap_or_default();
-            match std::str::from_utf8(&whole) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => self.close(ctx, CloseCode::InvalidPayload),
-            }
-        }
-    }
 }
 
 impl Actor for Session {
@@ -547,56 +521,21 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for Session {
         if self.closed_with.is_some() {
             return;
         }
-        match msg {
-            Ok(ws::Message::Text(text)) => {
-                if self.fragment.is_some() {
-                    self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
-                    return;
-                }
-                self.on_text(&text, ctx);
-            }
-            Ok(ws::Message::Binary(_)) => self.close(ctx, CloseCode::UnsupportedData),
-            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
-            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
+        match self.incoming.take(msg) {
+            Received::Text(text) => self.on_text(&text, ctx),
+            // Not taken by this `Incoming`: refused as their first frame comes.
+            Received::Binary(_) => self.close(ctx, CloseCode::UnsupportedData),
+            Received::Ping(p) => ctx.pong(&p),
+            Received::Nothing => {}
+            Received::Close(reason) => {
                 log::debug!("client closed client={} reason={reason:?}", self.client);
                 self.close_raw(ctx, reason);
             }
-            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::MessageTooBig),
-            Err(ProtocolError::Io(e)) if is_invalid_utf8(&e) => {
-                self.close(ctx, CloseCode::InvalidPayload)
-            }
-            Err(e) => {
-                log::info!("protocol error client={}: {e}", self.client);
+            Received::Refused(Refusal::Close(code)) => self.close(ctx, code),
+            Received::Refused(Refusal::Protocol(why)) => {
+                log::info!("protocol error client={}: {why}", self.client);
                 self.close_raw(ctx, Some(ws::CloseCode::Protocol.into()));
             }
         }
-    }
-}
-
-/// True for the error that actix-web-actors gives a text frame that is not UTF-8. It wraps
-/// the UTF-8 error into an `io::Error` of kind `Other` that carries only the error's text
-/// (no source to downcast), as it does a failed read of the connection; only that text
-/// tells the two apart. So it is compared here, in one place, and the test below builds the
-/// real error the way actix-web-actors does, so an upstream change fails a test rather than
-/// turning 1007 into 1002 unnoticed.
-fn is_invalid_utf8(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::Other && e.to_string().contains("utf-8")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn invalid_utf8_is_told_apart_from_a_failed_read() {
-        let not_utf8 = bytestring::ByteString::try_from(bytes::Bytes::from_static(b"a\xffb"))
-            .expect_err("not UTF-8");
-        let as_actix_says = std::io::Error::other(format!("{not_utf8}"));
-        assert!(is_invalid_utf8(&as_actix_says));
-        let read_failed =
-            std::io::Error::other(actix_http::error::PayloadError::Incomplete(None).to_string());
-        assert!(!is_invalid_utf8(&read_failed));
     }
 }
