@@ -2,7 +2,9 @@
 //! request itself (400, or 426 for a version other than 13) and capacity (503), in that
 //! order, answering refusals with the HTTP error body;
 //! then upgrades the connection and starts a [`Session`] whose response body is a
-//! `SessionBody`, and which reads the client through it.
+//! `SessionBody`, and which reads the client through it. The 101 response also answers a
+//! permessage-deflate offer (`crate::deflate::offer`, unless `compression.enabled` is
+//! false), and the connection's codec then inflates the client's compressed messages.
 
 use actix_web::http::{header, StatusCode, Version};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -13,6 +15,8 @@ use serde::Deserialize;
 use super::body::{ClientSide, ClientStream, SessionBody};
 use super::Session;
 use crate::auth::{AuthError, Identity};
+use crate::deflate;
+use crate::frame::Encoding;
 use crate::node::Node;
 use crate::protocol::{ApiError, ErrorCode, SUBPROTOCOL};
 
@@ -129,10 +133,29 @@ pub async fn ws_route(
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
+    let agreed = node
+        .settings
+        .compression
+        .enabled
+        .then(|| {
+            let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            deflate::offer::negotiate(offers.filter_map(|v| v.to_str().ok()))
+        })
+        .flatten();
     let max = node.settings.limits.max_message_size;
-    let session = Session::new(node.clone(), identity, slot);
+    let mut codec = actix_http::ws::Codec::new().max_size(max);
+    if let Some(agreed) = agreed {
+        let answer = header::HeaderValue::from_str(&agreed.response());
+        if let Ok(answer) = answer {
+            response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, answer));
+        }
+        // RSV1 is now allowed on the first frame of a message: the codec inflates such a
+        // message whole, to at most `limits.max_message_size` bytes.
+        codec = codec.inflate_with(deflate::inflate);
+    }
+    let encoding = Encoding::new(node.wire.clone(), agreed);
+    let session = Session::new(node.clone(), identity, slot, encoding);
     let outbox = session.outbox.clone();
-    let codec = actix_http::ws::Codec::new().max_size(max);
     // The actor reads the client through the body's `ClientStream`, so that the body knows
     // whether the client's Close has come when the actor stops.
     let client = ClientSide::new(stream);
