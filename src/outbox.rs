@@ -574,6 +574,33 @@ mod tests {
         assert_eq!(drain(&a), None);
     }
 
+    /// A compressed connection counts, and writes, a frame's compressed form: the
+    /// slow-consumer limit bounds what is really written.
+    #[test]
+    fn a_compressed_outbox_counts_what_it_writes() {
+        let counter = |name: &str| prometheus::IntCounter::new(name, "-").expect("counter");
+        let (uncompressed, written) = (counter("u"), counter("w"));
+        let wire = Arc::new(crate::frame::Wire::new(
+            256,
+            counter("c"),
+            uncompressed.clone(),
+            written.clone(),
+        ));
+        let agreed = crate::deflate::offer::negotiate(["permessage-deflate"]);
+        let a = Outbox::new(1 << 20, Arc::default(), Encoding::new(wire, agreed));
+        a.subscribe(ch("one"), 1);
+        let frame = WsFrame::text(&crate::deflate::tests::message(4096));
+        assert_eq!(a.offer(1, &frame), Offer::Taken);
+        let pending = a.pending();
+        assert!(pending * 3 < frame.len(), "{pending} of {}", frame.len());
+        let chunk = drain(&a).expect("a chunk");
+        assert_eq!(chunk.len(), pending);
+        assert_eq!(chunk[0], 0xc1);
+        assert_eq!(a.pending(), 0);
+        assert_eq!(uncompressed.get() as usize, frame.len());
+        assert_eq!(written.get() as usize, pending);
+    }
+
     #[test]
     fn a_closed_outbox_drops_and_refuses_everything() {
         let a = Outbox::new(1000, Arc::default(), Encoding::plain());

@@ -1,7 +1,7 @@
 //! permessage-deflate (RFC 7692): compressing one message on its own, and inflating one
 //! client message within a size limit; the negotiation at the handshake is in [`offer`].
 //!
-//! A leaf. The shared frames ([`crate::frame`]) compress through [`compress`], once per
+//! A leaf. The shared frames (src/frame.rs) compress through [`compress`], once per
 //! frame whatever its number of subscribers; the `/ws` handshake negotiates with
 //! [`offer::negotiate`] and hands [`inflate`] to the connection's codec (the vendored
 //! actix-http calls it with each whole compressed message, vendor/README.md).

@@ -5,7 +5,7 @@
 //! answers `permessage-deflate; server_no_context_takeover; client_no_context_takeover`,
 //! with `server_max_window_bits=N` when the offer asked for it. Without context takeover
 //! in either direction no connection keeps deflate state, and one compressed form of a
-//! publication serves all its subscribers (`crate::deflate`). `client_no_context_takeover`
+//! publication serves all its subscribers (the parent module). `client_no_context_takeover`
 //! may be answered whether or not it was offered (RFC 7692, 7.1.1.1); `client_max_window_bits`
 //! is never answered (allowed, 7.1.2.2): the server inflates whatever window the client uses.
 //!

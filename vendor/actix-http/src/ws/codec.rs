@@ -76,8 +76,9 @@ pub struct Codec {
     /// without it, RSV1 is refused like the other reserved bits.
     inflate: Option<Inflate>,
     /// Switchboard patch: the compressed message being received in fragments (whether it
-    /// is text, and its payload so far), which is inflated once whole.
-    deflated: Option<(bool, BytesMut)>,
+    /// is text, and its payload so far), which is inflated once whole. Boxed: a codec lives
+    /// as long as its connection, and most connections never fragment a message.
+    deflated: Option<Box<(bool, BytesMut)>>,
 }
 
 /// Switchboard patch: inflates one whole compressed message to at most the given number of
@@ -293,23 +294,23 @@ impl Codec {
             let payload = payload.unwrap_or_default();
             let (text, whole) = match opcode {
                 OpCode::Continue => {
-                    let Some((text, mut gathered)) = self.deflated.take() else {
+                    let Some(mut gathered) = self.deflated.take() else {
                         return Err(ProtocolError::ContinuationNotStarted);
                     };
-                    gathered.extend_from_slice(&payload);
+                    gathered.1.extend_from_slice(&payload);
                     if !finished {
-                        self.deflated = Some((text, gathered));
+                        self.deflated = Some(gathered);
                         return Ok(None);
                     }
                     self.flags.remove(Flags::CONTINUATION);
-                    (text, gathered)
+                    *gathered
                 }
                 _ if self.flags.contains(Flags::CONTINUATION) => {
                     return Err(ProtocolError::ContinuationStarted)
                 }
                 _ if !finished => {
                     self.flags.insert(Flags::CONTINUATION);
-                    self.deflated = Some((opcode == OpCode::Text, payload));
+                    self.deflated = Some(Box::new((opcode == OpCode::Text, payload)));
                     return Ok(None);
                 }
                 _ => (opcode == OpCode::Text, payload),
