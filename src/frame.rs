@@ -79,8 +79,8 @@ impl WsFrame {
         self.0.plain.is_empty()
     }
 
-    /// The message's payload (the JSON text).
-    fn payload(&self) -> &[u8] {
+    /// The message's payload (the JSON text), without the frame header.
+    pub fn payload(&self) -> &[u8] {
         let plain = &self.0.plain;
         let head = match plain[1] & 0x7f {
             126 => 4,

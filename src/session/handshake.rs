@@ -133,6 +133,7 @@ pub async fn ws_route(
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
+    // permessage-deflate, when offered and enabled: answered in the 101 response.
     let agreed = node
         .settings
         .compression
@@ -141,14 +142,15 @@ pub async fn ws_route(
             let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
             deflate::offer::negotiate(offers.filter_map(|v| v.to_str().ok()))
         })
-        .flatten();
+        .flatten()
+        .and_then(|agreed| {
+            let answer = header::HeaderValue::from_str(&agreed.response()).ok()?;
+            response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, answer));
+            Some(agreed)
+        });
     let max = node.settings.limits.max_message_size;
     let mut codec = actix_http::ws::Codec::new().max_size(max);
-    if let Some(agreed) = agreed {
-        let answer = header::HeaderValue::from_str(&agreed.response());
-        if let Ok(answer) = answer {
-            response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, answer));
-        }
+    if agreed.is_some() {
         // RSV1 is now allowed on the first frame of a message: the codec inflates such a
         // message whole, to at most `limits.max_message_size` bytes.
         codec = codec.inflate_with(deflate::inflate);
