@@ -27,9 +27,9 @@
 //! Usage: `echo [PORT] [--config PATH]`: listens on 127.0.0.1:PORT (0, the default, picks a
 //! free port) and prints `listening on ADDR` once it accepts connections.
 //!
-//! TODO(issue 12, permessage-deflate): once `handshake::upgrade` negotiates the extension,
-//! build this connection's outbox with the `Encoding` of what it agreed (see `echo` below),
-//! exactly as `ws_route` does; then cases 12.* and 13.* test the compressed path of `/ws`.
+//! `handshake::upgrade` negotiates permessage-deflate as for `/ws`, and each connection's
+//! outbox writes with the [`Encoding`] of what it agreed, exactly as `ws_route` builds the
+//! session's: cases 12.* and 13.* test the compressed path of `/ws`.
 
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -42,7 +42,9 @@ use actix_http::ws::{CloseReason, ProtocolError};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 use clap::Parser;
+use prometheus::IntCounter;
 use switchboard::config::Settings;
+use switchboard::frame::{Encoding, Wire};
 use switchboard::outbox::{Offer, Outbox, WsFrame};
 use switchboard::protocol::CloseCode;
 use switchboard::session::handshake;
@@ -123,16 +125,17 @@ async fn echo(
     req: HttpRequest,
     stream: web::Payload,
     settings: web::Data<Settings>,
+    wire: web::Data<Arc<Wire>>,
 ) -> HttpResponse {
     let upgraded = match handshake::upgrade(&req, &settings) {
         Ok(upgraded) => upgraded,
         Err(refused) => return refused.response(),
     };
-    // TODO(issue 12, permessage-deflate): `Outbox::new(limit, pressure, encoding)` with the
-    // `Encoding` of what `upgraded` agreed, as `ws_route` builds the session's.
+    let encoding = Encoding::new(wire.get_ref().clone(), upgraded.agreed().cloned());
     let outbox = Arc::new(Outbox::new(
         settings.limits.max_pending_bytes,
         Arc::default(),
+        encoding,
     ));
     let actor = Echo {
         outbox: outbox.clone(),
@@ -145,10 +148,20 @@ async fn echo(
 async fn serve(settings: Settings, port: u16) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let addr = listener.local_addr()?;
+    // The same threshold as a node's; the counters are nobody's (no /metrics here).
+    let counter = || IntCounter::new("echo_unregistered", "-");
+    let wire = Arc::new(Wire::new(
+        settings.compression.min_size,
+        counter().map_err(std::io::Error::other)?,
+        counter().map_err(std::io::Error::other)?,
+        counter().map_err(std::io::Error::other)?,
+    ));
+    let wire = web::Data::new(wire);
     let settings = web::Data::new(settings);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(settings.clone())
+            .app_data(wire.clone())
             .route("/ws", web::get().to(echo))
     })
     // As the server: small frames must not wait for the peer's delayed ACK.

@@ -55,7 +55,20 @@ def frame(opcode, payload, fin=True, mask=b"\x37\xfa\x21\x3d", length=None, rsv=
 
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
+RSV1, RSV2 = 0x40, 0x20  # RSV1: permessage-deflate's "compressed" bit
 ping = '{"type":"ping","id":1}'
+
+
+def deflated(text):
+    """A message compressed as permessage-deflate sends it: raw deflate, sync flush, its
+    trailing 00 00 ff ff removed (RFC 7692, 7.2.1)."""
+    import zlib
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(text.encode() if isinstance(text, str) else text) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
 frames = {
     "text-one-read.bin": (0, frame(TEXT, ping)),
     "text-byte-by-byte.bin": (1, frame(TEXT, ping)),
@@ -79,7 +92,14 @@ frames = {
     "len64-msb-set.bin": (0, frame(BINARY, b"", length=1 << 63)),
     "len64-small.bin": (0, frame(TEXT, b"x" * 10)[:1] + bytes([0x80 | 127]) + struct.pack(">Q", 10) + b"\x00" * 4 + b"x" * 10),
     "unmasked.bin": (0, frame(TEXT, ping, mask=None)),
-    "rsv-bits.bin": (0, frame(TEXT, ping, rsv=0x40)),
+    "rsv-bits.bin": (0, frame(TEXT, ping, rsv=RSV2)),
+    "deflate-text.bin": (0, frame(TEXT, deflated(ping), rsv=RSV1)),
+    "deflate-fragmented.bin": (5, frame(TEXT, deflated(ping)[:4], fin=False, rsv=RSV1) + frame(PING, "") + frame(CONT, deflated(ping)[4:])),
+    "deflate-at-limit.bin": (0, frame(TEXT, deflated("a" * MAX), rsv=RSV1)),
+    "deflate-past-limit.bin": (0, frame(BINARY, deflated(b"\x00" * (64 * MAX)), rsv=RSV1)),
+    "deflate-rsv1-on-continuation.bin": (0, frame(TEXT, deflated(ping)[:3], fin=False, rsv=RSV1) + frame(CONT, deflated(ping)[3:], rsv=RSV1)),
+    "deflate-rsv1-on-ping.bin": (0, frame(PING, "", rsv=RSV1)),
+    "deflate-not-deflate.bin": (0, frame(TEXT, b"\xff\xff\xff\xff", rsv=RSV1)),
     "bad-opcode.bin": (0, frame(3, "x")),
 }
 for name, (read, data) in frames.items():

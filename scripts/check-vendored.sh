@@ -57,9 +57,10 @@ print(best)
     cat >&2 <<EOF
 check-vendored: $name $newest is on crates.io; $dir is the patched copy of $have.
   Carry the patch over (vendor/README.md, "To move to a newer $name"):
-  1. read the new release's changes: does upstream now release the idle buffers and skip the
-     linger after an upgraded response? If both, remove $dir and its [patch.crates-io] entry
-     in Cargo.toml, and stop here.
+  1. read the new release's changes: does upstream now release the idle buffers, skip the
+     linger after an upgraded response, check frame lengths at the header and inflate
+     permessage-deflate messages within the size limit (vendor/README.md)? If all, remove
+     $dir and its [patch.crates-io] entry in Cargo.toml, and stop here.
   2. otherwise replace $dir with the $newest release from crates.io (minus examples, tests and
      benches, licence files kept), then: patch -p1 -d $dir < vendor/$name.patch
   3. bump the version requirement in Cargo.toml, cargo update -p $name, run bash scripts/test.sh

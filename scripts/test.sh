@@ -41,6 +41,28 @@ fi
 NODE_WS=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || NODE_WS=(--experimental-websocket)
 
+# tests/compression.rs drives Python's `websockets` (it negotiates permessage-deflate by
+# default), installed once into .tmp/test-venv (git-ignored), pinned.
+WEBSOCKETS=websockets==17.4
+VENV=.tmp/test-venv
+if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$WEBSOCKETS" ]; then
+  echo "installing $WEBSOCKETS into $VENV"
+  rm -rf "$VENV"
+  mkdir -p .tmp
+  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+    # Debian's python3 without ensurepip.
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" || { echo "scripts/test.sh: cannot create $VENV" >&2; exit 1; }
+  fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$WEBSOCKETS" \
+    || { echo "scripts/test.sh: pip install $WEBSOCKETS failed" >&2; exit 1; }
+  echo "$WEBSOCKETS" >"$VENV/.stamp"
+fi
+export TEST_PYTHON="$PWD/$VENV/bin/python"
+
 cargo test --all-targets "$@"
 # The load generator's unit tests, built on their own so that its features (a multi-threaded
 # tokio) do not change the server's build.

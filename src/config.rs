@@ -51,6 +51,8 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Every per-connection and per-node limit of the contract.
     pub limits: LimitSettings,
+    /// permessage-deflate on `/ws`.
+    pub compression: CompressionSettings,
     /// Options of the default namespace, and of any namespace not named below.
     pub channels: NamespaceOptions,
     /// Per-namespace options; a key left out inherits from `[channels]`.
@@ -221,6 +223,26 @@ impl Default for LimitSettings {
             client_publish_rate: 100,
             client_command_rate: 300,
             max_errors: 10,
+        }
+    }
+}
+
+/// `[compression]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSettings {
+    /// Accept a client's permessage-deflate offer (RFC 7692); false: never negotiate it.
+    pub enabled: bool,
+    /// Messages whose payload is shorter than this many bytes go out uncompressed.
+    #[serde(deserialize_with = "unsigned")]
+    pub min_size: usize,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        CompressionSettings {
+            enabled: true,
+            min_size: 256,
         }
     }
 }

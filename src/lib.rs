@@ -18,9 +18,13 @@
 //! - [`session`]: one actor per WebSocket: [`session::handshake`] (origin, subprotocol,
 //!   token, capacity), the actor (commands, limits, heartbeat, token expiry), its publish
 //!   queue and rate limit, and the response body that writes the outbox out.
-//! - [`outbox`]: a leaf shared by session and broker: the session's queue of ready frames
-//!   ([`outbox::WsFrame`]), its live subscriptions, its slow-consumer account, the node's
-//!   backpressure, and the [`outbox::SessionControl`] message.
+//! - [`outbox`]: a leaf shared by session and broker: the session's queue of ready frames,
+//!   its live subscriptions, its slow-consumer account, the node's backpressure, and the
+//!   [`outbox::SessionControl`] message.
+//! - [`frame`]: the ready frame ([`frame::WsFrame`]), built once per message and shared,
+//!   with its compressed form made at most once; and how a connection writes frames
+//!   (plain, or compressed). [`deflate`]: permessage-deflate (RFC 7692): compressing and
+//!   inflating one message, and the negotiation at the handshake.
 //! - [`broker`]: channel membership and fan-out, sharded by channel over the workers'
 //!   threads: its messages, the shard, and the join merge (no gap, no duplicate).
 //! - [`engine`]: offsets, history, presence and cross-node delivery behind one trait:
@@ -51,8 +55,10 @@ pub mod broker;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod deflate;
 pub mod engine;
 pub mod error;
+pub mod frame;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

@@ -26,6 +26,14 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     /// Handshakes refused (by HTTP status).
     pub refused: IntCounterVec,
+    /// Deflate passes: one per compressed message, whatever the number of connections it
+    /// is written to (so a fan-out to compressed subscribers shows as one).
+    pub compressions: IntCounter,
+    /// Bytes of the messages written from the sessions' outboxes, counted as they would be
+    /// uncompressed.
+    pub ws_bytes_uncompressed: IntCounter,
+    /// The same messages' bytes as written (compressed where negotiated).
+    pub ws_bytes_written: IntCounter,
 }
 
 impl Metrics {
@@ -67,6 +75,18 @@ impl Metrics {
             ),
             &["status"],
         )?;
+        let compressions = IntCounter::new(
+            "switchboard_compressions_total",
+            "Messages compressed (permessage-deflate): one per message, however many connections it goes to",
+        )?;
+        let ws_bytes_uncompressed = IntCounter::new(
+            "switchboard_ws_bytes_uncompressed_total",
+            "Bytes of the WebSocket messages written to clients, counted uncompressed",
+        )?;
+        let ws_bytes_written = IntCounter::new(
+            "switchboard_ws_bytes_written_total",
+            "Bytes of the WebSocket messages written to clients, as written (compressed where negotiated)",
+        )?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(subscriptions.clone()))?;
         registry.register(Box::new(channels.clone()))?;
@@ -75,6 +95,9 @@ impl Metrics {
         registry.register(Box::new(disconnects.clone()))?;
         registry.register(Box::new(slow_consumers.clone()))?;
         registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(compressions.clone()))?;
+        registry.register(Box::new(ws_bytes_uncompressed.clone()))?;
+        registry.register(Box::new(ws_bytes_written.clone()))?;
         // Pre-create every close code so dashboards see zeros, not missing series.
         for code in CloseCode::ALL {
             disconnects.with_label_values(&[&code.code().to_string()]);
@@ -89,6 +112,9 @@ impl Metrics {
             disconnects,
             slow_consumers,
             refused,
+            compressions,
+            ws_bytes_uncompressed,
+            ws_bytes_written,
         })
     }
 

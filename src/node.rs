@@ -16,6 +16,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions};
 use crate::engine::{Engine, EngineHandler};
 use crate::error::StartupError;
+use crate::frame::Wire;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::shrink::ThreadHook;
@@ -38,6 +39,9 @@ pub struct Node {
     pub registry: Arc<Registry>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// How frames are written: the compression threshold and the byte counters, shared
+    /// by every connection's outbox.
+    pub wire: Arc<Wire>,
     /// Set once shutdown begins: `/readyz` says 503 and handshakes are refused.
     pub draining: AtomicBool,
     /// The memory engine, when that is the kind in use (for its periodic sweep).
@@ -123,8 +127,15 @@ impl Node {
             broker: broker.clone(),
             registry: registry.clone(),
         }));
+        let wire = Arc::new(Wire::new(
+            settings.compression.min_size,
+            metrics.compressions.clone(),
+            metrics.ws_bytes_uncompressed.clone(),
+            metrics.ws_bytes_written.clone(),
+        ));
         let node = Arc::new(Node {
             id,
+            wire,
             namespaces: Namespaces::new(&settings),
             settings,
             verifier,

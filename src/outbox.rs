@@ -1,8 +1,12 @@
 //! A session's outbox: the frames the broker has handed to one WebSocket session that are
 //! not yet written out, the session's record of its live subscriptions, its slow-consumer
 //! account, and the node-wide [`Pressure`] that paces publishers. Also the two things the
-//! broker and the registry hand to a session: the ready RFC 6455 frame ([`WsFrame`]) and
-//! the [`SessionControl`] message.
+//! broker and the registry hand to a session: the ready RFC 6455 frame ([`WsFrame`], from
+//! `crate::frame`) and the [`SessionControl`] message.
+//!
+//! Each outbox writes with its connection's [`Encoding`]: a compressed connection counts
+//! and writes a frame's compressed form, so `limits.max_pending_bytes` bounds what is
+//! really written.
 //!
 //! A leaf: the session creates and drains an outbox, broker shards fill it, and neither is
 //! imported here, so the arrows between session, broker and registry go one way.
@@ -20,6 +24,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::channel::ChannelName;
+use crate::frame::Encoding;
+pub use crate::frame::WsFrame;
 use crate::protocol::CloseCode;
 use crate::shrink::Shrink;
 
@@ -44,60 +50,6 @@ pub enum SessionControl {
     },
     /// Close the connection with this code (slow consumer, operator disconnect, shutdown).
     Close(CloseCode),
-}
-
-/// A server text frame encoded for the wire (RFC 6455 §5.2: FIN + text opcode, payload
-/// length, no mask, the payload), built once per frame and shared by every session it goes
-/// to. Fan-out hands these to the sessions' outboxes, which the response body writes out as
-/// they are: no per-subscriber framing.
-#[derive(Clone, Debug)]
-pub struct WsFrame(bytes::Bytes);
-
-impl WsFrame {
-    /// Frames `text` as one final text frame.
-    pub fn text(text: &str) -> WsFrame {
-        WsFrame::message(0x81, text.as_bytes())
-    }
-
-    /// Frames `data` as one final binary frame. `/ws` sends none (its protocol is JSON
-    /// text); the conformance echo server (examples/echo.rs) echoes binary messages so.
-    pub fn binary(data: &[u8]) -> WsFrame {
-        WsFrame::message(0x82, data)
-    }
-
-    /// One final frame whose first byte (FIN and opcode) is `first`, carrying `payload`.
-    fn message(first: u8, payload: &[u8]) -> WsFrame {
-        let n = payload.len();
-        let mut out = bytes::BytesMut::with_capacity(n + 10);
-        out.extend_from_slice(&[first]);
-        if n < 126 {
-            out.extend_from_slice(&[n as u8]);
-        } else if n <= u16::MAX as usize {
-            out.extend_from_slice(&[126]);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            out.extend_from_slice(&[127]);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        out.extend_from_slice(payload);
-        WsFrame(out.freeze())
-    }
-
-    /// The encoded bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Length on the wire, header included: what the frame counts in a session's pending
-    /// bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Never true: a frame has at least its two header bytes.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Frames the broker has handed to one session that are not yet written out, and their
@@ -126,6 +78,8 @@ pub struct Outbox {
     /// When the session last wrote frames out ([`now_ms`]).
     last_write_ms: AtomicU64,
     pressure: Arc<Pressure>,
+    /// Plain or compressed, and where written bytes are counted.
+    encoding: Encoding,
 }
 
 /// The id under which the session's own frames (replies, pushes of its own, `disconnect`)
@@ -234,8 +188,8 @@ pub enum Offer {
 }
 
 impl Outbox {
-    /// An empty outbox that holds at most `limit` bytes.
-    pub fn new(limit: usize, pressure: Arc<Pressure>) -> Self {
+    /// An empty outbox that holds at most `limit` bytes, written with `encoding`.
+    pub fn new(limit: usize, pressure: Arc<Pressure>, encoding: Encoding) -> Self {
         Outbox {
             pending: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
@@ -246,7 +200,14 @@ impl Outbox {
             behind: AtomicBool::new(false),
             last_write_ms: AtomicU64::new(now_ms()),
             pressure,
+            encoding,
         }
+    }
+
+    /// What `frame` counts here: its length as this connection writes it (compressing it
+    /// first, once for every connection, when this is the first compressed one to ask).
+    fn cost(&self, frame: &WsFrame) -> usize {
+        frame.wire(&self.encoding).len()
     }
 
     /// Notes a new level of queued bytes after an increase.
@@ -262,7 +223,7 @@ impl Outbox {
         if self.is_slow() {
             return Offer::Slow { first: false };
         }
-        if !self.try_reserve(frame.len()) {
+        if !self.try_reserve(self.cost(frame)) {
             return Offer::Slow {
                 first: self.mark_slow(),
             };
@@ -275,7 +236,7 @@ impl Outbox {
     /// is bounded by the namespace's history); but a session that already had more than
     /// the limit queued before it is slow, so replies cannot pile up unbounded.
     pub fn offer_reply(&self, sub_id: u64, frame: WsFrame) -> Offer {
-        let len = frame.len();
+        let len = self.cost(&frame);
         self.force_reserve(len);
         self.enqueue(sub_id, frame);
         if self.pending().saturating_sub(len) > self.limit {
@@ -298,7 +259,7 @@ impl Outbox {
     /// Queues a counted frame; a frame refused (subscription left, session closed) is
     /// uncounted again.
     fn enqueue(&self, sub_id: u64, frame: WsFrame) {
-        let len = frame.len();
+        let len = self.cost(&frame);
         if !self.push(sub_id, frame) {
             self.uncount(len);
         }
@@ -361,7 +322,7 @@ impl Outbox {
             q.frames.retain(|(id, f)| {
                 let keep = *id != sub_id;
                 if !keep {
-                    dropped += f.len();
+                    dropped += self.cost(f);
                 }
                 keep
             });
@@ -390,7 +351,7 @@ impl Outbox {
             q.frames.retain(|(id, f)| {
                 let keep = *id == SESSION;
                 if !keep {
-                    dropped += f.len();
+                    dropped += self.cost(f);
                 }
                 keep
             });
@@ -428,16 +389,19 @@ impl Outbox {
         // connection that once had a backlog (up to `max_pending_bytes` of small frames)
         // does not keep its size for life.
         spare.shrink_when_sparse();
-        let total: usize = spare.iter().map(|(_, f)| f.len()).sum();
+        let total: usize = spare.iter().map(|(_, f)| self.cost(f)).sum();
         let mut chunk = bytes::BytesMut::with_capacity(total);
+        let mut uncompressed = 0;
         for (id, f) in spare.iter() {
             if deliver || *id == SESSION {
-                chunk.extend_from_slice(f.bytes());
+                chunk.extend_from_slice(f.wire(&self.encoding));
+                uncompressed += f.len();
             }
         }
         spare.clear();
         let written = chunk.len();
         self.uncount(total - written);
+        self.encoding.count_written(uncompressed, written);
         if written == 0 {
             // All dropped (slow or closed): poll again, with the waker registered.
             cx.waker().wake_by_ref();
@@ -518,7 +482,7 @@ mod tests {
 
     #[test]
     fn subscriptions_look_up_by_channel_and_by_id_after_removals() {
-        let a = Outbox::new(1000, Arc::default());
+        let a = Outbox::new(1000, Arc::default(), Encoding::plain());
         for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
             a.subscribe(ch(name), i as u64 + 1);
         }
@@ -542,35 +506,6 @@ mod tests {
             .collect();
         assert_eq!(left, ["a", "c", "d", "e", "b"]);
         assert_eq!(a.subscription_count(), 0);
-    }
-
-    /// Our framing is byte for byte what actix-http's own encoder writes, text and binary,
-    /// at every length boundary (7-bit, 16-bit and 64-bit lengths).
-    #[test]
-    fn ws_frame_matches_actix_encoder() {
-        for n in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
-            let text = "x".repeat(n);
-            let mut expected = bytes::BytesMut::new();
-            actix_http::ws::Parser::write_message(
-                &mut expected,
-                text.as_bytes(),
-                actix_http::ws::OpCode::Text,
-                true,
-                false,
-            );
-            let ours = WsFrame::text(&text);
-            assert_eq!(ours.bytes(), &expected[..], "length {n}");
-            assert_eq!(ours.len(), expected.len());
-            let mut expected = bytes::BytesMut::new();
-            actix_http::ws::Parser::write_message(
-                &mut expected,
-                text.as_bytes(),
-                actix_http::ws::OpCode::Binary,
-                true,
-                false,
-            );
-            assert_eq!(WsFrame::binary(text.as_bytes()).bytes(), &expected[..]);
-        }
     }
 
     fn frame(n: usize) -> WsFrame {
@@ -600,7 +535,7 @@ mod tests {
 
     #[test]
     fn a_backlog_does_not_keep_its_queues() {
-        let a = Outbox::new(1 << 30, Arc::default());
+        let a = Outbox::new(1 << 30, Arc::default(), Encoding::plain());
         a.subscribe(ch("one"), 1);
         let mut spare = VecDeque::new();
         let mut cx = TaskContext::from_waker(futures_util::task::noop_waker_ref());
@@ -621,7 +556,7 @@ mod tests {
 
     #[test]
     fn outbox_takes_live_subscriptions_only_and_drains_in_one_chunk() {
-        let a = Outbox::new(1000, Arc::default());
+        let a = Outbox::new(1000, Arc::default(), Encoding::plain());
         assert!(!queue(&a, 1, "early"), "not subscribed yet");
         a.subscribe(ch("one"), 1);
         a.subscribe(ch("two"), 2);
@@ -639,9 +574,36 @@ mod tests {
         assert_eq!(drain(&a), None);
     }
 
+    /// A compressed connection counts, and writes, a frame's compressed form: the
+    /// slow-consumer limit bounds what is really written.
+    #[test]
+    fn a_compressed_outbox_counts_what_it_writes() {
+        let counter = |name: &str| prometheus::IntCounter::new(name, "-").expect("counter");
+        let (uncompressed, written) = (counter("u"), counter("w"));
+        let wire = Arc::new(crate::frame::Wire::new(
+            256,
+            counter("c"),
+            uncompressed.clone(),
+            written.clone(),
+        ));
+        let agreed = crate::deflate::offer::negotiate(["permessage-deflate"]);
+        let a = Outbox::new(1 << 20, Arc::default(), Encoding::new(wire, agreed));
+        a.subscribe(ch("one"), 1);
+        let frame = WsFrame::text(&crate::deflate::tests::message(4096));
+        assert_eq!(a.offer(1, &frame), Offer::Taken);
+        let pending = a.pending();
+        assert!(pending * 3 < frame.len(), "{pending} of {}", frame.len());
+        let chunk = drain(&a).expect("a chunk");
+        assert_eq!(chunk.len(), pending);
+        assert_eq!(chunk[0], 0xc1);
+        assert_eq!(a.pending(), 0);
+        assert_eq!(uncompressed.get() as usize, frame.len());
+        assert_eq!(written.get() as usize, pending);
+    }
+
     #[test]
     fn a_closed_outbox_drops_and_refuses_everything() {
-        let a = Outbox::new(1000, Arc::default());
+        let a = Outbox::new(1000, Arc::default(), Encoding::plain());
         a.subscribe(ch("one"), 1);
         assert!(queue(&a, 1, "before close"));
         a.close();
@@ -654,7 +616,7 @@ mod tests {
     #[test]
     fn outbox_counts_behind_once_and_releases_on_drain() {
         let pressure = Arc::new(Pressure::default());
-        let a = Outbox::new(100, pressure.clone());
+        let a = Outbox::new(100, pressure.clone(), Encoding::plain());
         // Exactly half is not behind; one byte more is.
         a.subscribe(ch("one"), 1);
         assert!(a.try_reserve(50));
@@ -676,7 +638,7 @@ mod tests {
     #[test]
     fn a_stuck_or_slow_outbox_does_not_hold_back_and_dropping_uncounts() {
         let pressure = Arc::new(Pressure::default());
-        let a = Outbox::new(100, pressure.clone());
+        let a = Outbox::new(100, pressure.clone(), Encoding::plain());
         a.force_reserve(80);
         assert!(a.holds_back());
         // No write for longer than STUCK_MS: the reader stopped, publishers go on.
@@ -692,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_wakes_a_waiting_publisher() {
         let pressure = Arc::new(Pressure::default());
-        let a = Outbox::new(100, pressure.clone());
+        let a = Outbox::new(100, pressure.clone(), Encoding::plain());
         a.force_reserve(80);
         let waiting = pressure.progress.notified();
         tokio::pin!(waiting);

@@ -1,16 +1,18 @@
 //! Fuzz target: the WebSocket frame decoder every byte a client sends goes through: the
 //! vendored actix-http `ws::Codec` (vendor/actix-http), server side, with `max_size` set as
 //! `src/session/handshake.rs` sets it from `limits.max_message_size` (small here, so that
-//! the fuzzer reaches the limit's edges). Decodes the way the server does: bytes arrive in
-//! reads, and after each read frames are decoded until the codec wants more or fails (the
-//! session closes the connection on the first error).
+//! the fuzzer reaches the limit's edges), and with permessage-deflate negotiated (RSV1
+//! messages inflated by `switchboard::deflate::inflate`, as on a connection that offered
+//! it; frames without RSV1 decode exactly as on one that did not). Decodes the way the
+//! server does: bytes arrive in reads, and after each read frames are decoded until the
+//! codec wants more or fails (the session closes the connection on the first error).
 //!
 //! Input: the first byte is the size of each read (1 to 255 bytes; 0: the whole stream in
 //! one read), the rest is the byte stream of one connection after the handshake.
 //!
 //! Invariants, past "no panic":
-//! - every Text, Binary or Continuation payload is at most `MAX`, and a control frame's at
-//!   most 125 bytes;
+//! - every Text, Binary or Continuation payload is at most `MAX` (inflated, for a
+//!   compressed message), and a control frame's at most 125 bytes;
 //! - the payloads of one fragmented message add up to at most `MAX`;
 //! - when the codec asks for more bytes, it holds at most one header and `MAX` bytes: a
 //!   frame whose declared length (or the message's running total) passes the limit is
@@ -40,7 +42,9 @@ fuzz_target!(|data: &[u8]| {
         0 => stream.len().max(1),
         n => usize::from(n),
     };
-    let mut codec = Codec::new().max_size(MAX);
+    let mut codec = Codec::new()
+        .max_size(MAX)
+        .inflate_with(switchboard::deflate::inflate);
     let mut buf = BytesMut::new();
     // The running total of the fragmented message in progress, if one is.
     let mut fragmented: Option<usize> = None;

@@ -35,6 +35,8 @@ pub const KEYS: &[&str] = &[
     "limits.client_publish_rate",
     "limits.client_command_rate",
     "limits.max_errors",
+    "compression.enabled",
+    "compression.min_size",
     "channels.anonymous",
     "channels.allow_publish",
     "channels.history_size",

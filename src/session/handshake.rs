@@ -8,6 +8,11 @@
 //! start of the connection ([`start`]: the actor, its response body and how it closes) are
 //! public, so that the conformance echo server (examples/echo.rs, docs/conformance.md) is
 //! the same code as `/ws` where Autobahn|Testsuite looks.
+//!
+//! [`upgrade`] also answers a permessage-deflate offer (`crate::deflate::offer`, unless
+//! `compression.enabled` is false) in the 101 response, and the connection's codec then
+//! inflates the client's compressed messages; the agreement goes to the outbox's
+//! [`Encoding`], which compresses what is written.
 
 use std::sync::Arc;
 
@@ -23,6 +28,8 @@ use super::body::{ClientSide, ClientStream, SessionBody};
 use super::Session;
 use crate::auth::{AuthError, Identity};
 use crate::config::Settings;
+use crate::deflate::{self, offer::Agreed};
+use crate::frame::Encoding;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{ApiError, ErrorCode, SUBPROTOCOL};
@@ -115,7 +122,8 @@ pub async fn ws_route(
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
-    let session = Session::new(node.clone(), identity, slot);
+    let encoding = Encoding::new(node.wire.clone(), upgraded.agreed().cloned());
+    let session = Session::new(node.clone(), identity, slot, encoding);
     let outbox = session.outbox.clone();
     start(upgraded, stream, session, outbox)
 }
@@ -125,29 +133,56 @@ pub async fn ws_route(
 pub struct Upgrade {
     response: HttpResponseBuilder,
     codec: Codec,
-    // TODO(issue 12, permessage-deflate): the extension negotiated here (`Option<Agreed>`),
-    // with an accessor, so that each caller builds its outbox's `Encoding` from it.
+    /// The permessage-deflate agreement answered in `response`, if any.
+    agreed: Option<Agreed>,
+}
+
+impl Upgrade {
+    /// The permessage-deflate agreement, from which the caller builds its outbox's
+    /// [`Encoding`].
+    pub fn agreed(&self) -> Option<&Agreed> {
+        self.agreed.as_ref()
+    }
 }
 
 /// The RFC 6455 part of the handshake, shared by `/ws` and the conformance echo server:
 /// refuses a request that is not a version 13 WebSocket upgrade as RFC 6455 section 4.2.1
 /// has it (400, or 426 naming version 13: see [`UpgradeRefusal::response`]), answers a
 /// `switchboard.v1.json` offer, and makes the connection's codec, which refuses a message
-/// past `limits.max_message_size` at its frame header.
-///
-/// TODO(issue 12, permessage-deflate): negotiate the extension here, from `settings`
-/// (`compression.enabled`) and the request's `Sec-WebSocket-Extensions`: the answer in the
-/// 101 response, `Codec::inflate_with` on the codec, the agreement in [`Upgrade`]. Both
-/// `/ws` and examples/echo.rs then negotiate it the same way, and Autobahn's cases 12 and
-/// 13 test what browsers get.
+/// past `limits.max_message_size` at its frame header. It also negotiates permessage-deflate
+/// (unless `compression.enabled` is false), so `/ws` and examples/echo.rs agree to it the
+/// same way and Autobahn's cases 12 and 13 test what browsers get.
 pub fn upgrade(req: &HttpRequest, settings: &Settings) -> Result<Upgrade, UpgradeRefusal> {
-    let response = ws::handshake_with_protocols(req, &[SUBPROTOCOL]).map_err(|e| match e {
+    let mut response = ws::handshake_with_protocols(req, &[SUBPROTOCOL]).map_err(|e| match e {
         ws::HandshakeError::UnsupportedVersion => UpgradeRefusal::Version,
         other => UpgradeRefusal::NotUpgrade(other),
     })?;
     check_upgrade(req)?;
-    let codec = Codec::new().max_size(settings.limits.max_message_size);
-    Ok(Upgrade { response, codec })
+    // permessage-deflate, when offered and enabled: answered in the 101 response.
+    let agreed = settings
+        .compression
+        .enabled
+        .then(|| {
+            let offers = req.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            deflate::offer::negotiate(offers.filter_map(|v| v.to_str().ok()))
+        })
+        .flatten()
+        .and_then(|agreed| {
+            let answer = header::HeaderValue::from_str(&agreed.response()).ok()?;
+            response.insert_header((header::SEC_WEBSOCKET_EXTENSIONS, answer));
+            Some(agreed)
+        });
+    let mut codec = Codec::new().max_size(settings.limits.max_message_size);
+    if agreed.is_some() {
+        // RSV1 is now allowed on the first frame of a message: the codec inflates such a
+        // message whole, to at most `limits.max_message_size` bytes.
+        codec = codec.inflate_with(deflate::inflate);
+    }
+    Ok(Upgrade {
+        response,
+        codec,
+        agreed,
+    })
 }
 
 /// Starts `actor` on an upgraded connection: it reads the client's frames through the
@@ -167,6 +202,7 @@ where
     let Upgrade {
         mut response,
         codec,
+        ..
     } = upgrade;
     // The actor reads the client through the body's `ClientStream`, so that the body knows
     // whether the client's Close has come when the actor stops.

@@ -38,6 +38,7 @@ use crate::auth::Identity;
 use crate::broker::{SessionHandle, Subscribe};
 use crate::channel::ChannelName;
 use crate::engine::EngineError;
+use crate::frame::Encoding;
 use crate::node::Node;
 use crate::outbox::{Offer, Outbox, SessionControl, WsFrame};
 use crate::protocol::{
@@ -82,7 +83,9 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(node: web::Data<Node>, identity: Identity, slot: Slot) -> Session {
+    /// A session whose outbox writes with `encoding` (compressed when the handshake
+    /// negotiated permessage-deflate).
+    fn new(node: web::Data<Node>, identity: Identity, slot: Slot, encoding: Encoding) -> Session {
         let client: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
         let info = ClientInfo {
             client: client.clone(),
@@ -99,6 +102,7 @@ impl Session {
             outbox: Arc::new(Outbox::new(
                 limits.max_pending_bytes,
                 node.broker.pressure(),
+                encoding,
             )),
             bucket: TokenBucket::new(limits.client_publish_rate, Instant::now()),
             engine_bucket: TokenBucket::new(limits.client_command_rate, Instant::now()),

@@ -2,8 +2,9 @@
 // open `/` (connected and subscribed to "demo" on load), B publishes through the form, and A
 // shows the message with its offset; presence, join and leave, a second channel subscribed
 // through the form, bad JSON refused on the page, and data shown as text, never as HTML.
-// Also records the WebSocket handshake the browser made (what it offered) for the notes, and
-// keeps a screenshot: target/browser-artifacts/demo.png.
+// Also checks the WebSocket handshake the browser made: it offers permessage-deflate and gets
+// it, and a long message goes through compressed both ways; and keeps a screenshot:
+// target/browser-artifacts/demo.png.
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
@@ -65,6 +66,13 @@ test("two pages exchange messages through the demo page", async () => {
     (await waitForMessages(a, "room", 3)).map((m) => [m.offset, m.text]),
     [[1, '{"n":1}'], [2, '{"n":2}'], [3, '{"n":3}']],
   );
+  // A long one (over compression.min_size): Chromium compresses what it sends, and inflates
+  // what it gets (permessage-deflate, negotiated below).
+  const rows = Array.from({ length: 30 }, (_, i) => ({ id: 1000 + i, user: `user${(i * 7919) % 1000}`, city: ["Lisbon", "Osaka", "Quito"][i % 3], score: i * 1.5 }));
+  await publishThroughForm(b, "room", JSON.stringify({ rows }));
+  await b.getByTestId("pub-result").filter({ hasText: "published to room at offset 4" }).waitFor();
+  const long = (await waitForMessages(a, "room", 4))[3];
+  assert.deepEqual(JSON.parse(long.text), { rows });
 
   // What a message carries is shown as text: markup in it stays inert.
   await publishThroughForm(b, "demo", '{"html": "<img src=x onerror=\\"window.pwned=1\\">"}');
@@ -95,10 +103,12 @@ test("two pages exchange messages through the demo page", async () => {
   assert.deepEqual(a.problems, []);
   assert.deepEqual(b.problems, []);
 
-  // For the notes (compression is another issue): what Chromium offered and got.
+  // Chromium offered permessage-deflate and got it (docs/protocol.md, section 1).
   assert.ok(handshakes.length >= 1);
   for (const h of handshakes) {
     console.log(`websocket handshake ${h.url}: offered Sec-WebSocket-Extensions=${JSON.stringify(h.offered)}, protocol=${JSON.stringify(h.protocol)}; answered ${h.status} with ${JSON.stringify(h.accepted)}`);
+    assert.match(h.offered, /permessage-deflate/);
+    assert.equal(h.accepted, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
   }
 });
 

@@ -15,16 +15,28 @@ pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
 pub const CONTINUE: u8 = 0x0;
 pub const CLOSE: u8 = 0x8;
+pub const PING: u8 = 0x9;
+/// RSV1, "compressed" under permessage-deflate: added to an opcode.
+pub const RSV1: u8 = 0x40;
 
 /// The masking key of every frame sent here.
 const MASK: [u8; 4] = [0x5a, 0x0f, 0xc3, 0x81];
 
 /// A valid upgrade request for `/ws{query}`.
 pub fn upgrade_request(addr: SocketAddr, query: &str) -> String {
+    upgrade_request_with(addr, query, &[])
+}
+
+/// A valid upgrade request for `/ws{query}` with `headers` added, in order.
+pub fn upgrade_request_with(addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> String {
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     format!(
         "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\n{extra}\r\n"
     )
 }
 
@@ -91,6 +103,12 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
 
     /// The next frame from the server: opcode and payload.
     pub async fn frame(&mut self) -> (u8, Vec<u8>) {
+        let (first, payload) = self.whole_frame().await;
+        (first & 0x0f, payload)
+    }
+
+    /// The next frame from the server: its first byte (FIN, RSV1-3, opcode) and payload.
+    pub async fn whole_frame(&mut self) -> (u8, Vec<u8>) {
         loop {
             if self.buf.len() >= 2 {
                 assert_eq!(self.buf[1] & 0x80, 0, "the server masked a frame");
@@ -105,10 +123,10 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
                         _ => (self.buf[1] & 0x7f) as usize,
                     };
                     if self.buf.len() >= head + len {
-                        let op = self.buf[0] & 0x0f;
+                        let first = self.buf[0];
                         let payload = self.buf[head..head + len].to_vec();
                         self.buf.drain(..head + len);
-                        return (op, payload);
+                        return (first, payload);
                     }
                 }
             }
@@ -159,7 +177,7 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
 }
 
 /// The header of a masked client frame declaring `len` payload bytes (any length RFC 6455
-/// can express, whether or not the payload ever follows).
+/// can express, whether or not the payload ever follows). `opcode` may carry RSV bits.
 pub fn header(opcode: u8, fin: bool, len: u64) -> Vec<u8> {
     let mut f = vec![if fin { 0x80 | opcode } else { opcode }];
     match len {

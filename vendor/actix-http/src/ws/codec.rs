@@ -72,7 +72,18 @@ pub struct Codec {
     max_size: usize,
     /// Switchboard patch: bytes of the fragmented message being received so far.
     continued: usize,
+    /// Switchboard patch: inflates a compressed message (see [`Codec::inflate_with`]);
+    /// without it, RSV1 is refused like the other reserved bits.
+    inflate: Option<Inflate>,
+    /// Switchboard patch: the compressed message being received in fragments (whether it
+    /// is text, and its payload so far), which is inflated once whole. Boxed: a codec lives
+    /// as long as its connection, and most connections never fragment a message.
+    deflated: Option<Box<(bool, BytesMut)>>,
 }
+
+/// Switchboard patch: inflates one whole compressed message to at most the given number of
+/// bytes, or fails (with [`ProtocolError::Overflow`] past it).
+type Inflate = fn(&[u8], usize) -> Result<Bytes, ProtocolError>;
 
 bitflags! {
     #[derive(Debug, Clone, Copy)]
@@ -93,7 +104,20 @@ impl Codec {
             max_size: DEFAULT_MAX_FRAME_SIZE,
             flags: Flags::SERVER,
             continued: 0,
+            inflate: None,
+            deflated: None,
         }
+    }
+
+    /// Switchboard patch: a compression extension was negotiated (permessage-deflate,
+    /// RFC 7692): RSV1 is allowed on the first frame of a text or binary message, and marks
+    /// it compressed. Such a message is gathered whole (its fragments are not exposed) and
+    /// decoded as one `Frame::Text` or `Frame::Binary` holding `inflate(payload, max_size)`:
+    /// the size limit also bounds the inflated message.
+    #[must_use = "This returns the a new Codec, without modifying the original."]
+    pub fn inflate_with(mut self, inflate: Inflate) -> Self {
+        self.inflate = Some(inflate);
+        self
     }
 
     /// Set max frame size.
@@ -225,11 +249,28 @@ impl Decoder for Codec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        let Some((finished, opcode, payload)) = Parser::parse_limited(
+        // Switchboard patch: the frames of a compressed message but its last are gathered,
+        // not returned: `decode_frame` then answers `None` having taken a frame from `src`,
+        // which may hold more. Decode on until a frame comes or no whole frame is left.
+        loop {
+            let before = src.len();
+            match self.decode_frame(src)? {
+                None if src.len() < before => continue,
+                decoded => return Ok(decoded),
+            }
+        }
+    }
+}
+
+impl Codec {
+    /// Switchboard patch: upstream's `Decoder::decode`, with compressed messages.
+    fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let Some((finished, opcode, payload, compressed)) = Parser::parse_limited(
             src,
             self.flags.contains(Flags::SERVER),
             self.max_size,
             self.continued,
+            self.inflate.is_some(),
         )?
         else {
             return Ok(None);
@@ -243,6 +284,43 @@ impl Decoder for Codec {
             (OpCode::Continue, false) => self.continued += len,
             (OpCode::Continue, true) => self.continued = 0,
             _ => {}
+        }
+
+        // Switchboard patch: the frames of a compressed message, gathered, then inflated.
+        if let (Some(inflate), true) = (
+            self.inflate,
+            compressed || (opcode == OpCode::Continue && self.deflated.is_some()),
+        ) {
+            let payload = payload.unwrap_or_default();
+            let (text, whole) = match opcode {
+                OpCode::Continue => {
+                    let Some(mut gathered) = self.deflated.take() else {
+                        return Err(ProtocolError::ContinuationNotStarted);
+                    };
+                    gathered.1.extend_from_slice(&payload);
+                    if !finished {
+                        self.deflated = Some(gathered);
+                        return Ok(None);
+                    }
+                    self.flags.remove(Flags::CONTINUATION);
+                    *gathered
+                }
+                _ if self.flags.contains(Flags::CONTINUATION) => {
+                    return Err(ProtocolError::ContinuationStarted)
+                }
+                _ if !finished => {
+                    self.flags.insert(Flags::CONTINUATION);
+                    self.deflated = Some(Box::new((opcode == OpCode::Text, payload)));
+                    return Ok(None);
+                }
+                _ => (opcode == OpCode::Text, payload),
+            };
+            let data = inflate(&whole, self.max_size)?;
+            return Ok(Some(if text {
+                Frame::Text(data)
+            } else {
+                Frame::Binary(data)
+            }));
         }
 
         if !finished {

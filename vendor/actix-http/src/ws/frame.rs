@@ -18,6 +18,9 @@ const FIN_MASK: u8 = 0x80;
 /// RSV1, RSV2, and RSV3 bitmask (RFC 6455 §5.2).
 const RSV_MASK: u8 = 0b0111_0000;
 
+/// Switchboard patch: RSV1 alone, the "compressed" bit of permessage-deflate (RFC 7692 §6).
+const RSV1_BIT: u8 = 0b0100_0000;
+
 /// OpCode 4-bit nibble mask (RFC 6455 §5.2).
 const OPCODE_MASK: u8 = 0x0F;
 
@@ -66,7 +69,8 @@ impl Parser {
     fn parse_metadata(
         src: &[u8],
         server: bool,
-    ) -> Result<Option<(usize, bool, OpCode, usize, Option<[u8; 4]>)>, ProtocolError> {
+        rsv1: bool,
+    ) -> Result<Option<(usize, bool, OpCode, usize, Option<[u8; 4]>, bool)>, ProtocolError> {
         let chunk_len = src.len();
 
         let mut idx = 2;
@@ -79,7 +83,10 @@ impl Parser {
         let finished = first & FIN_MASK != 0;
 
         // RSV1, RSV2, and RSV3 must be zero unless a negotiated extension defines them.
-        if first & RSV_MASK != 0 {
+        // Switchboard patch: with `rsv1`, RSV1 may be set (permessage-deflate, RFC 7692),
+        // on the first frame of a data message only (checked below, with the opcode).
+        let compressed = rsv1 && first & RSV_MASK == RSV1_BIT;
+        if first & RSV_MASK != 0 && !compressed {
             // TODO(semver-major): use InvalidReservedBits
             return Err(ProtocolError::Io(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -100,6 +107,15 @@ impl Parser {
 
         if let OpCode::Bad = opcode {
             return Err(ProtocolError::InvalidOpcode(first & OPCODE_MASK));
+        }
+
+        // Switchboard patch: RFC 7692 section 6.1: never on a control frame or a
+        // continuation frame.
+        if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(ProtocolError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "Received RSV1 on a control or continuation frame",
+            )));
         }
 
         let len = second & PAYLOAD_LEN_MASK;
@@ -144,7 +160,7 @@ impl Parser {
             None
         };
 
-        Ok(Some((idx, finished, opcode, length, mask)))
+        Ok(Some((idx, finished, opcode, length, mask, compressed)))
     }
 
     /// Parse the input stream into a frame.
@@ -153,24 +169,29 @@ impl Parser {
         server: bool,
         max_size: usize,
     ) -> Result<Option<(bool, OpCode, Option<BytesMut>)>, ProtocolError> {
-        Parser::parse_limited(src, server, max_size, 0)
+        Ok(Parser::parse_limited(src, server, max_size, 0, false)?
+            .map(|(finished, opcode, payload, _)| (finished, opcode, payload)))
     }
 
     /// Switchboard patch: [`Parser::parse`], refusing a frame whose declared length passes
     /// the limit as soon as its header has arrived, before any of its payload is buffered.
     /// `continued` is the length of the fragmented message so far: a continuation frame may
     /// only bring it up to `max_size`, so the limit bounds a whole message, not each frame.
+    /// With `rsv1`, RSV1 is allowed on the first frame of a text or binary message, and the
+    /// last item tells whether it was set (the message is compressed).
     pub fn parse_limited(
         src: &mut BytesMut,
         server: bool,
         max_size: usize,
         continued: usize,
-    ) -> Result<Option<(bool, OpCode, Option<BytesMut>)>, ProtocolError> {
+        rsv1: bool,
+    ) -> Result<Option<(bool, OpCode, Option<BytesMut>, bool)>, ProtocolError> {
         // try to parse ws frame metadata
-        let (idx, finished, opcode, length, mask) = match Parser::parse_metadata(src, server)? {
-            None => return Ok(None),
-            Some(res) => res,
-        };
+        let (idx, finished, opcode, length, mask, compressed) =
+            match Parser::parse_metadata(src, server, rsv1)? {
+                None => return Ok(None),
+                Some(res) => res,
+            };
 
         // Switchboard patch: upstream compares the length with the limit only once the whole
         // payload is in `src`, and its caller keeps reading into `src` meanwhile, so a header
@@ -217,7 +238,7 @@ impl Parser {
 
         // no need for body
         if length == 0 {
-            return Ok(Some((finished, opcode, None)));
+            return Ok(Some((finished, opcode, None, compressed)));
         }
 
         let mut data = src.split_to(length);
@@ -235,7 +256,7 @@ impl Parser {
             apply_mask(&mut data, mask);
         }
 
-        Ok(Some((finished, opcode, Some(data))))
+        Ok(Some((finished, opcode, Some(data), compressed)))
     }
 
     /// Parse the payload of a close frame.
