@@ -29,25 +29,7 @@ fi
 need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing: ${need_apt[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  # policy-rc.d exit 101: no package's postinst may start a service (a system redis on 6379)
-  # as scripts/test.sh explains. Only added when the machine has none, and removed afterwards.
-  policy=/usr/sbin/policy-rc.d
-  added_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-    $SUDO chmod 755 "$policy"
-    added_policy=1
-  fi
-  rc=0
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-    "${need_apt[@]}" >/dev/null || rc=$?
-  [ "$added_policy" -eq 0 ] || $SUDO rm -f "$policy"
-  [ "$rc" -eq 0 ] || { echo "apt-get install ${need_apt[*]} failed" >&2; exit 1; }
-fi
+bash scripts/apt-install.sh ${need_apt[@]+"${need_apt[@]}"}
 
 # npm ci when node_modules is missing or older than the lock file (npm writes its own
 # node_modules/.package-lock.json on every install).
