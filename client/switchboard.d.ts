@@ -67,6 +67,8 @@ export interface SwitchboardOptions {
   timeout?: number;
   /** How many commands may wait for the connection; more reject with `queue_full`. Default 1000. */
   maxQueue?: number;
+  /** Ask for `?batch=true` (several frames per message, split here). Default true. */
+  batch?: boolean;
   /** Send an app-level ping after this long without a frame. Default: the server's `heartbeat_ms`. */
   pingInterval?: number;
   /** A ping unanswered this long drops the link and reconnects. Default: min(pingInterval, timeout). */

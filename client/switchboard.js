@@ -22,6 +22,7 @@ const DEFAULTS = {
   maxQueue: 1000,
   pingInterval: undefined,
   pingTimeout: undefined,
+  batch: true,
   WebSocket: undefined,
 };
 
@@ -262,7 +263,12 @@ export class Switchboard {
     if (generation !== this._generation || !this._wanted) return;
     this._token = typeof token === "string" && token ? token : null;
     let url = this.url;
-    if (this._token) url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this._token);
+    const param = (p) => (url += (url.includes("?") ? "&" : "?") + p);
+    // Several frames per message when the server has them at once: fewer events to handle
+    // (a server that does not batch ignores the parameter). Compression needs nothing from
+    // here: browsers offer permessage-deflate on every WebSocket.
+    if (this.options.batch && !/[?&]batch=/.test(url)) param("batch=true");
+    if (this._token) param("token=" + encodeURIComponent(this._token));
     let ws;
     try {
       ws = new this._WS(url, PROTOCOL);

@@ -22,7 +22,7 @@ fi
 NODE_WS=()
 node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || NODE_WS=(--experimental-websocket)
 
-# tests/compression.rs drives Python's `websockets` (it negotiates permessage-deflate by
+# tests/compression.rs and tests/batch.rs drive Python's `websockets` (it negotiates permessage-deflate by
 # default), installed once into .tmp/test-venv (git-ignored), pinned.
 WEBSOCKETS=websockets==17.4
 VENV=.tmp/test-venv

@@ -33,7 +33,7 @@ struct Shared {
 }
 
 /// The header of a final frame with `first` as its first byte and a payload of `n` bytes.
-fn header(out: &mut BytesMut, first: u8, n: usize) {
+pub(crate) fn header(out: &mut BytesMut, first: u8, n: usize) {
     out.extend_from_slice(&[first]);
     if n < 126 {
         out.extend_from_slice(&[n as u8]);
@@ -47,11 +47,21 @@ fn header(out: &mut BytesMut, first: u8, n: usize) {
 }
 
 /// FIN and the text opcode.
-const TEXT: u8 = 0x81;
+pub(crate) const TEXT: u8 = 0x81;
+/// The payload of one encoded frame (ours: final, unmasked), after its header.
+pub(crate) fn body(frame: &[u8]) -> &[u8] {
+    let head = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[head..]
+}
+
 /// FIN and the binary opcode.
 const BINARY: u8 = 0x82;
 /// RSV1: the message is compressed (RFC 7692, 6).
-const RSV1: u8 = 0x40;
+pub(crate) const RSV1: u8 = 0x40;
 
 impl WsFrame {
     /// Frames `text` as one final text frame.
@@ -93,13 +103,15 @@ impl WsFrame {
 
     /// The message's payload (the JSON text), without the frame header.
     pub fn payload(&self) -> &[u8] {
-        let plain = &self.0.plain;
-        let head = match plain[1] & 0x7f {
-            126 => 4,
-            127 => 10,
-            _ => 2,
-        };
-        &plain[head..]
+        body(&self.0.plain)
+    }
+
+    /// True for a text frame whose payload has no raw newline: it may share a batched
+    /// message (`?batch=true`) with others, `\n` separated. Publications are stored
+    /// compact ([`crate::protocol::compact_data`]), so only a frame built some other way
+    /// (history written by an older version) would go alone.
+    pub fn batchable(&self) -> bool {
+        self.0.plain[0] == TEXT && memchr::memchr(b'\n', self.payload()).is_none()
     }
 
     /// The bytes to write on a connection that writes with `encoding`: compressed when it
@@ -166,12 +178,23 @@ pub struct Encoding {
     wire: Arc<Wire>,
     /// The permessage-deflate agreement, when the connection has one.
     deflate: Option<Agreed>,
+    /// The client asked for `?batch=true`: frames drained together go out as one message.
+    pub(crate) batch: bool,
 }
 
 impl Encoding {
     /// A connection's encoding: compressed as `deflate` agreed, or plain.
     pub fn new(wire: Arc<Wire>, deflate: Option<Agreed>) -> Encoding {
-        Encoding { wire, deflate }
+        Encoding {
+            wire,
+            deflate,
+            batch: false,
+        }
+    }
+
+    /// The same encoding, batching frames drained together (`?batch=true`) when `batch`.
+    pub fn batched(self, batch: bool) -> Encoding {
+        Encoding { batch, ..self }
     }
 
     /// Plain frames, counted nowhere: for outboxes outside a node.

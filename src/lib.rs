@@ -51,6 +51,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod batch;
 pub mod broker;
 pub mod channel;
 pub mod cli;

@@ -23,6 +23,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::batch::Batcher;
 use crate::channel::ChannelName;
 use crate::frame::Encoding;
 pub use crate::frame::WsFrame;
@@ -367,7 +368,8 @@ impl Outbox {
     }
 
     /// For the session's response body: everything queued, as one chunk ready to write
-    /// (`spare` keeps its capacity between calls), or `Pending` with the waker registered.
+    /// (its frames joined into batched messages when the client asked for `?batch=true`,
+    /// `crate::batch`; `spare` keeps its capacity between calls), or `Pending` with the waker registered.
     /// A slow or closed session's deliveries are dropped instead; its own frames (replies,
     /// `disconnect`) are still written.
     pub fn poll_drain(
@@ -391,23 +393,27 @@ impl Outbox {
         spare.shrink_when_sparse();
         let total: usize = spare.iter().map(|(_, f)| self.cost(f)).sum();
         let mut chunk = bytes::BytesMut::with_capacity(total);
-        let mut uncompressed = 0;
+        let (mut delivered, mut uncompressed) = (0, 0);
+        let mut batcher = Batcher::new(&self.encoding);
         for (id, f) in spare.iter() {
             if deliver || *id == SESSION {
-                chunk.extend_from_slice(f.wire(&self.encoding));
+                batcher.push(&mut chunk, f);
+                delivered += self.cost(f);
                 uncompressed += f.len();
             }
         }
+        batcher.finish(&mut chunk);
         spare.clear();
-        let written = chunk.len();
-        self.uncount(total - written);
-        self.encoding.count_written(uncompressed, written);
-        if written == 0 {
+        // Counted and released frame by frame, at what each was counted when queued: a
+        // batch's own length is not the sum of its frames'.
+        self.uncount(total - delivered);
+        self.encoding.count_written(uncompressed, chunk.len());
+        if delivered == 0 {
             // All dropped (slow or closed): poll again, with the waker registered.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.release(written);
+        self.release(delivered);
         Poll::Ready(chunk.freeze())
     }
 

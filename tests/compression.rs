@@ -8,10 +8,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 
-use common::raw::{masked, upgrade_request_with, RawWs, CLOSE, CONTINUE, PING, RSV1, TEXT};
+use common::raw::{
+    inflate, masked, upgrade_request_with, RawWs, CLOSE, CONTINUE, PING, RSV1, TEXT,
+};
 use common::spawn_app;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -32,22 +34,6 @@ fn deflate(payload: &[u8]) -> Vec<u8> {
         .rposition(|w| w == [0, 0, 0xff, 0xff])
         .expect("a sync flush");
     out.truncate(tail);
-    out
-}
-
-/// What a client does with a compressed message from the server (RFC 7692, 7.2.2).
-fn inflate(payload: &[u8]) -> Vec<u8> {
-    let mut input = payload.to_vec();
-    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-    let mut out = Vec::new();
-    let mut d = flate2::read::DeflateDecoder::new(&input[..]);
-    // The stream has no final block: reading ends with an "unexpected end" once all of the
-    // message is out.
-    match d.read_to_end(&mut out) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-        Err(e) => panic!("the server's compressed message does not inflate: {e}"),
-    }
     out
 }
 
@@ -503,31 +489,6 @@ async fn rsv1_where_it_is_not_allowed_is_a_protocol_error() {
     assert_eq!(ws.until_close().await.1, 1007);
 }
 
-/// A Python interpreter with the `websockets` package: `TEST_PYTHON`, the venv
-/// that scripts/test.sh makes (.tmp/test-venv), or `python3`.
-fn python() -> String {
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.tmp/test-venv/bin/python");
-    let candidates = [
-        std::env::var("TEST_PYTHON").ok(),
-        Some(venv.to_string()),
-        Some("python3".to_string()),
-    ];
-    for p in candidates.into_iter().flatten() {
-        let ok = std::process::Command::new(&p)
-            .args(["-c", "import websockets.asyncio.client"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return p;
-        }
-    }
-    panic!(
-        "no Python with the `websockets` package: run scripts/test.sh once (it installs one \
-         into .tmp/test-venv), or set TEST_PYTHON"
-    );
-}
-
 /// Python's `websockets` with its defaults (it offers permessage-deflate, and compresses
 /// what it sends): subscribes, publishes realistic JSON twice, and checks what comes back.
 const PYTHON_CLIENT: &str = r#"
@@ -558,29 +519,9 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 
 #[tokio::test]
 async fn python_websockets_negotiates_and_round_trips() {
-    let python = python();
     let s = spawn_app(&[]);
     let url = format!("ws://{}/ws", s.addr);
-    let mut child = std::process::Command::new(&python)
-        .args(["-c", PYTHON_CLIENT, &url, "60"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    // Its output is a line or a traceback: it fits the pipes while it runs.
-    let done = common::eventually("the Python client to finish", || {
-        std::future::ready(child.try_wait().expect("wait"))
-    })
-    .await;
-    let out = child.wait_with_output().expect("output");
-    assert_eq!(out.status, done);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said: Value = serde_json::from_slice(&out.stdout).expect("JSON line");
+    let said = common::run_python(PYTHON_CLIENT, &[&url, "60"]).await;
     assert_eq!(said["extension"], ANSWER);
     // Its two messages came back compressed, one deflate pass each.
     assert_eq!(s.metric("switchboard_compressions_total").await, 2.0);

@@ -315,6 +315,50 @@ describe("tokens", () => {
   });
 });
 
+describe("batches", () => {
+  test("the client asks for ?batch=true and splits batched messages back into frames, in order", async () => {
+    const n = await node({ "limits.client_publish_rate": "100000" });
+    const urls = [];
+    let messages = 0;
+    // The platform's WebSocket, counting the messages that reach the client.
+    class Counting extends globalThis.WebSocket {
+      constructor(url, protocols) {
+        super(url, protocols);
+        urls.push(url);
+        this.addEventListener("message", () => messages++);
+      }
+    }
+    const { sb } = client(n.ws, { WebSocket: Counting });
+    sb.connect();
+    const { sub, got } = collect(sb, "burst");
+    await sub.ready;
+    const before = messages;
+    const N = 300;
+    const acks = await Promise.all(Array.from({ length: N }, (_, i) => sb.publish("burst", { i, pad: "x".repeat(i % 50) })));
+    assert.deepEqual(acks.map((a) => a.offset), Array.from({ length: N }, (_, i) => i + 1));
+    await until(() => got.length === N, "every publication");
+    assert.deepEqual(got.map((m) => m.data.i), Array.from({ length: N }, (_, i) => i));
+    assert.match(urls[0], /[?&]batch=true/);
+    // 2N frames (a reply and a message per publication) came in fewer messages.
+    assert.ok(messages - before < 2 * N, `${2 * N} frames in ${messages - before} messages`);
+  });
+
+  test("batch: false leaves the URL alone", async () => {
+    const n = await node();
+    const urls = [];
+    class Recording extends globalThis.WebSocket {
+      constructor(url, protocols) {
+        super(url, protocols);
+        urls.push(url);
+      }
+    }
+    const { sb } = client(n.ws, { WebSocket: Recording, batch: false });
+    sb.connect();
+    await sb.subscribe("x").ready;
+    assert.equal(urls[0], n.ws);
+  });
+});
+
 describe("a peer that answers garbage", () => {
   // A WebSocket peer (RFC 6455 handshake by hand) that welcomes, then sends `payload`.
   function garbageServer(payload) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{check_data, ApiError, ErrorCode};
+use crate::protocol::{check_data, compact_data, ApiError, ErrorCode};
 
 /// The fields of a JSON object body, unparsed.
 pub(super) struct Fields<'a>(HashMap<String, &'a RawValue>);
@@ -68,6 +68,6 @@ impl<'a> Fields<'a> {
     pub(super) fn data(&self) -> Result<Box<RawValue>, ApiError> {
         let raw = self.required("data")?;
         check_data(raw.get()).map_err(bad)?;
-        Ok(raw.to_owned())
+        Ok(compact_data(raw))
     }
 }

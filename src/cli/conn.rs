@@ -111,7 +111,7 @@ impl Conn {
         token: Option<&str>,
     ) -> Result<(Conn, Welcome), ConnectError> {
         let mut request = endpoint
-            .ws_url()
+            .connect_url()
             .into_client_request()
             .map_err(|e| ConnectError::Garbage(format!("bad URL: {e}")))?;
         let headers = request.headers_mut();

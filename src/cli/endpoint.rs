@@ -27,6 +27,17 @@ impl Endpoint {
         &self.ws
     }
 
+    /// The URL the client connects to: the one given, asking for batched frames
+    /// (`batch=true`, several frames per message) unless it already says.
+    pub fn connect_url(&self) -> String {
+        let query = self.ws.split_once('?').map_or("", |(_, q)| q);
+        if query.split('&').any(|p| p.starts_with("batch=")) {
+            return self.ws.clone();
+        }
+        let sep = if self.ws.contains('?') { '&' } else { '?' };
+        format!("{}{sep}batch=true", self.ws)
+    }
+
     /// The HTTP API's URL for `path` (e.g. `/api/publish`).
     pub fn api_url(&self, path: &str) -> String {
         format!("{}{path}", self.api_base)
@@ -125,10 +136,17 @@ mod tests {
         );
         let e: Endpoint = "wss://example.com/realtime/ws?batch=true".parse().unwrap();
         assert_eq!(e.ws_url(), "wss://example.com/realtime/ws?batch=true");
+        assert_eq!(e.connect_url(), e.ws_url());
         assert_eq!(
             e.api_url("/api/publish"),
             "https://example.com/realtime/api/publish"
         );
+        let e: Endpoint = "ws://h:1/ws?x=1&batch=false".parse().unwrap();
+        assert_eq!(e.connect_url(), "ws://h:1/ws?x=1&batch=false");
+        let e: Endpoint = "ws://h:1/ws".parse().unwrap();
+        assert_eq!(e.connect_url(), "ws://h:1/ws?batch=true");
+        let e: Endpoint = "ws://h:1/ws?x=1".parse().unwrap();
+        assert_eq!(e.connect_url(), "ws://h:1/ws?x=1&batch=true");
         let e: Endpoint = "ws://h:1".parse().unwrap();
         assert_eq!(e.api_url("/api/publish"), "http://h:1/api/publish");
         for bad in ["http://h/ws", "h:8080/ws", "ws:///ws", "", "ws://h h/ws"] {

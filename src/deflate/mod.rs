@@ -35,7 +35,7 @@ pub const LEVEL: u32 = 3;
 
 /// What a sync flush ends with, and what RFC 7692 section 7.2.1 has the sender remove (and
 /// section 7.2.2 the receiver append again).
-const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub(crate) const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 thread_local! {
     /// This thread's compressor, reset for each message.

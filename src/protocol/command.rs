@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{check_data, ErrorCode, Id, StreamPosition, MAX_ID_LEN};
+use super::{check_data, compact_data, ErrorCode, Id, StreamPosition, MAX_ID_LEN};
 use crate::channel::ChannelName;
 
 /// A client command with its id.
@@ -184,7 +184,7 @@ pub fn parse_command(text: &str) -> Result<Request, CommandError> {
             let channel = channel(&id, env.channel)?;
             let data = env.data.ok_or_else(|| bad(&id, "missing field `data`"))?;
             check_data(data.get()).map_err(|m| bad(&id, m))?;
-            let data = data.to_owned();
+            let data = compact_data(data);
             Command::Publish { channel, data }
         }
         "ping" => Command::Ping,

@@ -141,6 +141,38 @@ pub fn check_data(json: &str) -> Result<(), String> {
     }
 }
 
+/// `data` as it is stored and sent: as written, or, when it has a raw line break (JSON
+/// whitespace), with its whitespace outside strings removed. No frame then holds a raw
+/// newline, which is what lets a batch (`?batch=true`) separate frames with one. Called
+/// after [`check_data`], for the WebSocket and the HTTP API alike.
+pub fn compact_data(data: &RawValue) -> Box<RawValue> {
+    let json = data.get();
+    if memchr::memchr2(b'\n', b'\r', json.as_bytes()).is_none() {
+        return data.to_owned();
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    // Valid JSON less insignificant whitespace is valid JSON; should it somehow not be,
+    // the value goes as written (it then travels unbatched).
+    RawValue::from_string(out).unwrap_or_else(|_| data.to_owned())
+}
+
 /// A command's `id`, echoed in its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -390,3 +390,23 @@ fn data_that_json_readers_refuse_is_found_and_refused() {
         assert!(r.is_ok(), "{fine}: {r:?}");
     }
 }
+
+#[test]
+fn data_with_line_breaks_is_stored_compact() {
+    let written = "{\r\n  \"a\": [1,\n 2],\n  \"s\": \"x \\n y \\\" {\\\\\"\t, \"t\" : \"\\\\\"\n}";
+    let r = parse_command(&format!(
+        r#"{{"type":"publish","channel":"c","data":{written}}}"#
+    ))
+    .expect("publish");
+    let Command::Publish { data, .. } = r.command else {
+        panic!("not a publish: {:?}", r.command);
+    };
+    assert_eq!(data.get(), r#"{"a":[1,2],"s":"x \n y \" {\\","t":"\\"}"#);
+    let before: serde_json::Value = serde_json::from_str(written).expect("json");
+    let after: serde_json::Value = serde_json::from_str(data.get()).expect("json");
+    assert_eq!(before, after, "the same value");
+    // Without a line break the value goes exactly as written, spaces and all.
+    let spaced = raw(r#"{ "a" : 1 }"#);
+    assert_eq!(compact_data(&spaced).get(), r#"{ "a" : 1 }"#);
+    assert_eq!(compact_data(&raw("\"é\"")).get(), "\"é\"");
+}

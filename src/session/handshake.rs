@@ -34,9 +34,24 @@ use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::protocol::{ApiError, ErrorCode, SUBPROTOCOL};
 
+/// What `/ws` reads from its query string.
 #[derive(Deserialize)]
-struct TokenQuery {
+struct WsQuery {
     token: Option<String>,
+    /// `?batch=true`: several frames per message, `\n` separated (`crate::batch`).
+    #[serde(default, deserialize_with = "flag")]
+    batch: bool,
+}
+
+/// `true` or `false`, nothing else: a typo must not silently turn batching off.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "batch must be true or false, not {other:?}"
+        ))),
+    }
 }
 
 /// `GET /ws`: checks origin (403), subprotocol (400), token (401), the upgrade request
@@ -80,8 +95,14 @@ pub async fn ws_route(
             "unsupported subprotocol: offer switchboard.v1.json",
         );
     }
-    let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string()) else {
-        return refuse(ErrorCode::BadRequest, "malformed query string");
+    let query = match web::Query::<WsQuery>::from_query(req.query_string()) {
+        Ok(query) => query.into_inner(),
+        Err(e) => {
+            return refuse(
+                ErrorCode::BadRequest,
+                &format!("malformed query string: {e}"),
+            )
+        }
     };
     let bearer = req
         .headers()
@@ -94,7 +115,6 @@ pub async fn ws_route(
                 .then(|| rest.trim().to_string())
         });
     let token = query
-        .into_inner()
         .token
         .filter(|t| !t.is_empty())
         .or(bearer.filter(|t| !t.is_empty()));
@@ -122,7 +142,8 @@ pub async fn ws_route(
     let Some(slot) = node.registry.try_reserve() else {
         return refuse(ErrorCode::Unavailable, "limits.max_connections reached");
     };
-    let encoding = Encoding::new(node.wire.clone(), upgraded.agreed().cloned());
+    let encoding =
+        Encoding::new(node.wire.clone(), upgraded.agreed().cloned()).batched(query.batch);
     let session = Session::new(node.clone(), identity, slot, encoding);
     let outbox = session.outbox.clone();
     start(upgraded, stream, session, outbox)

@@ -64,3 +64,55 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// A Python interpreter with the `websockets` package: `TEST_PYTHON`, the venv
+/// that scripts/test.sh makes (.tmp/test-venv), or `python3`.
+pub fn python() -> String {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.tmp/test-venv/bin/python");
+    let candidates = [
+        std::env::var("TEST_PYTHON").ok(),
+        Some(venv.to_string()),
+        Some("python3".to_string()),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = std::process::Command::new(&p)
+            .args(["-c", "import websockets.asyncio.client"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return p;
+        }
+    }
+    panic!(
+        "no Python with the `websockets` package: run scripts/test.sh once (it installs one \
+         into .tmp/test-venv), or set TEST_PYTHON"
+    );
+}
+
+/// Runs `script` with [`python`] and `args`; panics unless it succeeds, and returns the JSON
+/// line it prints.
+pub async fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let mut child = std::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    // Its output is a line or a traceback: it fits the pipes while it runs.
+    let done = eventually("the Python client to finish", || {
+        std::future::ready(child.try_wait().expect("wait"))
+    })
+    .await;
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(out.status, done);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON line")
+}

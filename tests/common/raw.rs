@@ -61,7 +61,20 @@ impl RawWs {
     /// Sends `request` as it is and reads the response head (up to its blank line); what
     /// follows it stays in the buffer.
     pub async fn request(addr: SocketAddr, request: &str) -> (String, RawWs) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawWs::request_on(stream, request).await
+    }
+
+    /// [`RawWs::request`] on a socket whose receive buffer is only `bytes` (the kernel
+    /// doubles it): what the server sends piles up in its own queues sooner.
+    pub async fn request_small(addr: SocketAddr, request: &str, bytes: u32) -> (String, RawWs) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawWs::request_on(stream, request).await
+    }
+
+    async fn request_on(mut stream: TcpStream, request: &str) -> (String, RawWs) {
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut ws = RawWs {
             stream,
@@ -114,12 +127,17 @@ impl<S: AsyncRead + Unpin> RawWs<S> {
                 assert_eq!(self.buf[1] & 0x80, 0, "the server masked a frame");
                 let head = match self.buf[1] & 0x7f {
                     126 => 4,
-                    127 => panic!("no frame of these tests is that long"),
+                    127 => 10,
                     _ => 2,
                 };
                 if self.buf.len() >= head {
                     let len = match head {
                         4 => u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize,
+                        10 => {
+                            let mut n = [0u8; 8];
+                            n.copy_from_slice(&self.buf[2..10]);
+                            usize::try_from(u64::from_be_bytes(n)).expect("a sane length")
+                        }
                         _ => (self.buf[1] & 0x7f) as usize,
                     };
                     if self.buf.len() >= head + len {
@@ -200,6 +218,24 @@ pub fn masked(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut f = header(opcode, fin, payload.len() as u64);
     f.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
     f
+}
+
+/// What a client does with a compressed message from the server (RFC 7692, 7.2.2): flate2
+/// here, not the server's own code.
+pub fn inflate(payload: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::new();
+    let mut d = flate2::read::DeflateDecoder::new(&input[..]);
+    // The stream has no final block: reading ends with an "unexpected end" once all of the
+    // message is out.
+    match d.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("the server's compressed message does not inflate: {e}"),
+    }
+    out
 }
 
 /// A Close frame's payload: the code alone.
