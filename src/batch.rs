@@ -164,7 +164,7 @@ mod tests {
 
     use super::*;
     use crate::deflate::offer::Agreed;
-    use crate::deflate::tests::records;
+    use crate::deflate::sample::records;
     use crate::frame::Wire;
 
     fn encoding(deflate: bool, batch: bool) -> Encoding {

@@ -217,7 +217,7 @@ impl Encoding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deflate::tests::{message, records};
+    use crate::deflate::sample::{message, records};
 
     /// Our framing is byte for byte what actix-http's own encoder writes, at every length
     /// boundary (7-bit, 16-bit and 64-bit lengths).

@@ -595,7 +595,7 @@ mod tests {
         let agreed = crate::deflate::offer::negotiate(["permessage-deflate"]);
         let a = Outbox::new(1 << 20, Arc::default(), Encoding::new(wire, agreed));
         a.subscribe(ch("one"), 1);
-        let frame = WsFrame::text(&crate::deflate::tests::message(4096));
+        let frame = WsFrame::text(&crate::deflate::sample::message(4096));
         assert_eq!(a.offer(1, &frame), Offer::Taken);
         let pending = a.pending();
         assert!(pending * 3 < frame.len(), "{pending} of {}", frame.len());

@@ -13,6 +13,8 @@
 //! kept once per thread and reset for each message.
 
 pub mod offer;
+#[doc(hidden)]
+pub mod sample;
 
 use std::cell::RefCell;
 
@@ -124,70 +126,14 @@ fn invalid(why: &'static str) -> ProtocolError {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::sample::message;
     use super::*;
-
-    /// Realistic JSON of about `size` bytes: a list of records with the usual kinds of
-    /// fields, their values drawn from a fixed pseudo-random sequence (not repeated text).
-    pub(crate) fn records(size: usize) -> String {
-        const NAMES: &[&str] = &[
-            "Alice", "Bruno", "Chiara", "Dmitri", "Emeka", "Fatima", "Grace", "Hiroshi", "Ines",
-            "Jonas", "Kavya", "Lucas", "Mei", "Noah", "Olga", "Pedro",
-        ];
-        const CITIES: &[&str] = &[
-            "Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Porto", "Lyon", "Austin",
-        ];
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move |n: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
-        let mut out = String::from("[");
-        let mut id = 0;
-        while out.len() + 2 < size {
-            id += 1;
-            let name = NAMES[next(NAMES.len() as u64) as usize];
-            let record = format!(
-                r#"{{"id":{},"user":"{}{}","city":"{}","score":{}.{},"active":{},"updated_at":"2026-{:02}-{:02}T{:02}:{:02}:{:02}Z","tags":["t{}","t{}"]}}"#,
-                1000 + next(90_000),
-                name.to_lowercase(),
-                next(1000),
-                CITIES[next(CITIES.len() as u64) as usize],
-                next(100),
-                next(10),
-                next(2) == 0,
-                1 + next(12),
-                1 + next(28),
-                next(24),
-                next(60),
-                next(60),
-                next(50),
-                next(50),
-            );
-            if id > 1 && out.len() + record.len() + 2 > size {
-                break;
-            }
-            if id > 1 {
-                out.push(',');
-            }
-            out.push_str(&record);
-        }
-        out.push(']');
-        out
-    }
 
     /// What a client does with a compressed message: append the tail, inflate.
     fn roundtrip(payload: &[u8]) -> Vec<u8> {
         let c = compress(payload).expect("compressible");
         inflate(&c, 1 << 20).expect("inflates").to_vec()
-    }
-
-    /// A `message` frame's JSON text of about `size` bytes, carrying [`records`].
-    pub(crate) fn message(size: usize) -> String {
-        let head = r#"{"type":"message","channel":"prices:eu","offset":123456,"data":"#;
-        format!("{head}{}}}", records(size.saturating_sub(head.len() + 1)))
     }
 
     #[test]
