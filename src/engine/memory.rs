@@ -4,7 +4,9 @@
 //!
 //! The channel's lock is held while the publication is handed to the handler (a
 //! non-blocking mailbox send), so concurrent publishers on one channel reach the broker in
-//! offset order.
+//! offset order. Idempotency keys are checked and remembered under that same lock, so two
+//! publishes with one key publish once; they are kept apart from the channel's state, so a
+//! key still answers within its window after an idle channel was forgotten.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -14,11 +16,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 
 use super::{
-    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
-    NO_EPOCH,
+    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish,
+    PublishResult, NO_EPOCH,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -66,9 +67,19 @@ fn new_epoch() -> Arc<str> {
     Arc::from(&id[..12])
 }
 
+/// The first result published with an idempotency key, until the key's window ends.
+struct Remembered {
+    offset: u64,
+    epoch: Arc<str>,
+    expires: Instant,
+}
+
 #[derive(Default)]
 struct Shard {
     channels: FastMap<ChannelName, ChannelState>,
+    /// Idempotency keys used on each channel within their window (expired ones are ignored
+    /// on lookup and dropped by the sweep).
+    keys: FastMap<ChannelName, FastMap<Box<str>, Remembered>>,
     /// Keyed by the entry's own client id (shared with it, not copied).
     presence: HashMap<ChannelName, HashMap<Arc<str>, ClientInfo>>,
     /// Channels the node is subscribed to: never forgotten, or live subscribers would see
@@ -152,16 +163,24 @@ impl MemoryEngine {
 
     /// Forgets channels whose history has expired and that nobody on the node subscribes to,
     /// so memory does not grow with every channel ever used; such a channel's next
-    /// publication starts a new epoch. Called periodically by the node.
+    /// publication starts a new epoch. Also forgets idempotency keys past their window.
+    /// Called periodically by the node.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in &self.shards {
             let mut shard = shard.lock();
             let Shard {
                 channels,
+                keys,
                 presence,
                 held,
             } = &mut *shard;
+            keys.retain(|_, used| {
+                used.retain(|_, r| r.expires > now);
+                used.shrink_when_sparse();
+                !used.is_empty()
+            });
+            keys.shrink_when_sparse();
             channels.retain(|name, state| {
                 state.drop_expired(now);
                 let forgettable = state.history.is_empty()
@@ -195,12 +214,28 @@ impl Engine for MemoryEngine {
     async fn publish(
         &self,
         channel: &ChannelName,
-        data: Arc<RawValue>,
-        info: Option<ClientInfo>,
+        p: Publish,
         ns: &NamespaceOptions,
     ) -> Result<PublishResult, EngineError> {
         let now = Instant::now();
         let mut shard = self.shard(channel).lock();
+        let window = ns.idempotency_window.0;
+        // A window of 0 remembers nothing: the key is then only validated.
+        let key = p.idempotency_key.filter(|_| !window.is_zero());
+        if let Some(key) = &key {
+            let first = shard
+                .keys
+                .get(channel)
+                .and_then(|used| used.get(key.as_str()))
+                .filter(|r| r.expires > now);
+            if let Some(r) = first {
+                return Ok(PublishResult {
+                    offset: r.offset,
+                    epoch: r.epoch.clone(),
+                    duplicate: true,
+                });
+            }
+        }
         let state = shard
             .channels
             .entry(channel.clone())
@@ -208,8 +243,8 @@ impl Engine for MemoryEngine {
         state.offset += 1;
         let publication = Publication {
             offset: state.offset,
-            data,
-            info,
+            data: p.data,
+            info: p.info,
         };
         let frame = message_frame(channel.as_str(), &publication);
         let ttl: Duration = ns.history_ttl.0;
@@ -227,7 +262,18 @@ impl Engine for MemoryEngine {
         let result = PublishResult {
             offset: state.offset,
             epoch: state.epoch.clone(),
+            duplicate: false,
         };
+        if let Some(key) = key {
+            shard.keys.entry(channel.clone()).or_default().insert(
+                Box::from(key.as_str()),
+                Remembered {
+                    offset: result.offset,
+                    epoch: result.epoch.clone(),
+                    expires: now + window,
+                },
+            );
+        }
         if let Some(h) = self.handler.get() {
             h.on_publication(channel.clone(), result.offset, result.epoch.clone(), frame);
         }
