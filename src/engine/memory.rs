@@ -382,3 +382,59 @@ impl Engine for MemoryEngine {
         Ok(self.handler.get().map_or(0, |h| h.disconnect_user(user)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use crate::protocol::IdempotencyKey;
+    use serde_json::value::RawValue;
+
+    fn keyed(key: &str) -> Publish {
+        let data = RawValue::from_string("1".into()).expect("json");
+        Publish {
+            idempotency_key: Some(IdempotencyKey::parse(key).expect("a valid key")),
+            ..Publish::new(Arc::from(data))
+        }
+    }
+
+    fn keys_held(engine: &MemoryEngine) -> usize {
+        let held = |s: &Mutex<Shard>| s.lock().keys.values().map(|k| k.len()).sum::<usize>();
+        engine.shards.iter().map(held).sum()
+    }
+
+    #[tokio::test]
+    async fn keys_outlive_a_forgotten_channel_and_are_swept_after_their_window() {
+        let engine = MemoryEngine::new("n");
+        let window = Duration::from_millis(50);
+        // No history: the channel may be forgotten at the first sweep.
+        let ns = NamespaceOptions {
+            history_size: 0,
+            history_ttl: HumanDuration(Duration::ZERO),
+            idempotency_window: HumanDuration(window),
+            ..NamespaceOptions::default()
+        };
+        let c = ChannelName::parse("sweep").expect("channel");
+        let started = Instant::now();
+        let first = engine.publish(&c, keyed("a"), &ns).await.expect("publish");
+        engine.publish(&c, keyed("b"), &ns).await.expect("publish");
+        engine.sweep();
+        if started.elapsed() < window {
+            assert_eq!(engine.channel_count(), 0, "the channel was forgotten");
+            assert_eq!(keys_held(&engine), 2, "its keys were not");
+            let again = engine.publish(&c, keyed("a"), &ns).await.expect("repeat");
+            assert!(again.duplicate);
+            assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
+        }
+        // Then the sweep drops them, once their window is over and not before.
+        let deadline = started + Duration::from_secs(10);
+        while keys_held(&engine) > 0 {
+            assert!(Instant::now() < deadline, "keys never swept");
+            std::thread::sleep(Duration::from_millis(5));
+            engine.sweep();
+        }
+        assert!(started.elapsed() >= window);
+        let later = engine.publish(&c, keyed("a"), &ns).await.expect("publish");
+        assert!(!later.duplicate, "a key publishes again after its window");
+    }
+}
