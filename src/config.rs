@@ -260,6 +260,9 @@ pub struct NamespaceOptions {
     pub history_size: usize,
     /// How long a publication stays in history.
     pub history_ttl: HumanDuration,
+    /// How long a publication's idempotency key is remembered on its channel: a repeat
+    /// within it publishes nothing and gets the first result. 0 remembers no key.
+    pub idempotency_window: HumanDuration,
     /// `presence` is answered.
     pub presence: bool,
     /// Subscribers get `join`/`leave` pushes.
@@ -273,6 +276,7 @@ impl Default for NamespaceOptions {
             allow_publish: true,
             history_size: 100,
             history_ttl: secs(300),
+            idempotency_window: secs(300),
             presence: true,
             join_leave: false,
         }
@@ -292,6 +296,8 @@ pub struct NamespaceOverrides {
     pub history_size: Option<usize>,
     /// See [`NamespaceOptions::history_ttl`].
     pub history_ttl: Option<HumanDuration>,
+    /// See [`NamespaceOptions::idempotency_window`].
+    pub idempotency_window: Option<HumanDuration>,
     /// See [`NamespaceOptions::presence`].
     pub presence: Option<bool>,
     /// See [`NamespaceOptions::join_leave`].
@@ -305,6 +311,7 @@ impl NamespaceOverrides {
             allow_publish: self.allow_publish.unwrap_or(base.allow_publish),
             history_size: self.history_size.unwrap_or(base.history_size),
             history_ttl: self.history_ttl.unwrap_or(base.history_ttl),
+            idempotency_window: self.idempotency_window.unwrap_or(base.idempotency_window),
             presence: self.presence.unwrap_or(base.presence),
             join_leave: self.join_leave.unwrap_or(base.join_leave),
         }
@@ -498,6 +505,20 @@ impl Settings {
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return err("server.tls_cert", "tls_cert and tls_key go together");
+        }
+        // Each key costs memory for the whole window (about 140 bytes in Redis), and a
+        // window has to stay a TTL Redis takes; a day is already far more than a retry needs.
+        let longest = Duration::from_secs(86_400);
+        if self.channels.idempotency_window.0 > longest {
+            return err("channels.idempotency_window", "must be at most 1 day");
+        }
+        for (name, o) in &self.namespaces {
+            if o.idempotency_window.is_some_and(|w| w.0 > longest) {
+                return err(
+                    &format!("namespaces.{name}.idempotency_window"),
+                    "must be at most 1 day",
+                );
+            }
         }
         for name in self.namespaces.keys() {
             if name.is_empty()
@@ -805,6 +826,49 @@ mod tests {
         let hidden = s.to_toml(false).expect("toml");
         for secret in ["s3cret", "k1", "pw@"] {
             assert!(!hidden.contains(secret), "{secret} in {hidden}");
+        }
+    }
+
+    #[test]
+    fn idempotency_windows_are_per_namespace_and_at_most_a_day() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD__CHANNELS__IDEMPOTENCY_WINDOW", "90s"),
+                ("SWITCHBOARD__NAMESPACES__FIRE__IDEMPOTENCY_WINDOW", "0"),
+            ]),
+        )
+        .expect("loads");
+        let ns = Namespaces::new(&s);
+        assert_eq!(ns.get("").idempotency_window.0, Duration::from_secs(90));
+        assert_eq!(
+            ns.get("other").idempotency_window.0,
+            Duration::from_secs(90)
+        );
+        assert!(ns.get("fire").idempotency_window.0.is_zero(), "0: off");
+        assert_eq!(
+            Settings::default().channels.idempotency_window.0,
+            Duration::from_secs(300)
+        );
+        let day = Settings::load_from(
+            None,
+            env(&[("SWITCHBOARD__CHANNELS__IDEMPOTENCY_WINDOW", "1day")]),
+        );
+        assert!(day.is_ok(), "{day:?}");
+        for (var, key) in [
+            (
+                "SWITCHBOARD__CHANNELS__IDEMPOTENCY_WINDOW",
+                "channels.idempotency_window",
+            ),
+            (
+                "SWITCHBOARD__NAMESPACES__FIRE__IDEMPOTENCY_WINDOW",
+                "namespaces.fire.idempotency_window",
+            ),
+        ] {
+            let e = Settings::load_from(None, env(&[(var, "1day 1s")])).expect_err("too long");
+            let e = e.to_string();
+            assert!(e.contains(&format!("key `{key}`")), "{e}");
+            assert!(e.contains("at most 1 day"), "{e}");
         }
     }
 

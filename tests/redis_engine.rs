@@ -13,142 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use parking_lot::Mutex;
-use serde_json::value::RawValue;
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 
+use common::engine::{ch, data, info, keyed, ns, options, redis_engine, Recorder};
 use common::{eventually, spawn_app_in_process, unique_prefix, wait_until, App, Redis};
-use switchboard::channel::ChannelName;
 use switchboard::config::{HumanDuration, NamespaceOptions, Settings};
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::{
-    migrate, MigrateError, RedisEngine, RedisOptions, RedisStartError, MIGRATIONS, SCHEMA_VERSION,
+    migrate, MigrateError, RedisEngine, RedisStartError, MIGRATIONS, SCHEMA_VERSION,
 };
-use switchboard::engine::{Engine, EngineError, EngineHandler, NO_EPOCH};
-use switchboard::protocol::{ClientInfo, StreamPosition};
-
-fn options(redis: &Redis, prefix: &str, node: &str) -> RedisOptions {
-    let mut settings = Settings::default();
-    settings.engine.redis_url = redis.url();
-    settings.engine.prefix = prefix.to_string();
-    let mut o = RedisOptions::from_settings(&settings, node);
-    // Short periods so that expiry and reconnection happen within a test.
-    o.command_timeout = Duration::from_millis(700);
-    o.start_timeout = Duration::from_secs(2);
-    o.max_backoff = Duration::from_millis(200);
-    o.health_period = Duration::from_millis(100);
-    o.presence_period = Duration::from_millis(100);
-    o.node_period = Duration::from_millis(100);
-    o.disconnect_wait = Duration::from_secs(1);
-    o
-}
-
-async fn redis_engine(redis: &Redis, prefix: &str, node: &str) -> Arc<RedisEngine> {
-    let e = RedisEngine::start(options(redis, prefix, node))
-        .await
-        .expect("engine starts");
-    wait_until("engine ready", || e.is_ready()).await;
-    e
-}
-
-// ---------------------------------------------------------------------------------------
-// Helpers.
-
-fn ch(name: &str) -> ChannelName {
-    ChannelName::parse(name).expect("valid channel")
-}
-
-fn data(v: Json) -> Arc<RawValue> {
-    Arc::from(RawValue::from_string(v.to_string()).expect("raw json"))
-}
-
-fn ns(history_size: usize) -> NamespaceOptions {
-    NamespaceOptions {
-        history_size,
-        history_ttl: HumanDuration(Duration::from_secs(60)),
-        ..NamespaceOptions::default()
-    }
-}
-
-fn info(client: &str, user: &str) -> ClientInfo {
-    ClientInfo {
-        client: client.into(),
-        user: user.into(),
-    }
-}
-
-/// A publication the handler received.
-#[derive(Debug, Clone)]
-struct Got {
-    channel: String,
-    offset: u64,
-    epoch: String,
-    frame: Json,
-}
-
-/// Records what the engine hands to the node.
-#[derive(Default)]
-struct Recorder {
-    publications: Mutex<Vec<Got>>,
-    pushes: Mutex<Vec<(String, String)>>,
-    disconnects: Mutex<Vec<String>>,
-    resets: Mutex<Vec<(String, String)>>,
-    /// What `disconnect_user` answers (sessions "closed" on this node).
-    sessions: usize,
-}
-
-impl Recorder {
-    fn with_sessions(sessions: usize) -> Arc<Recorder> {
-        Arc::new(Recorder {
-            sessions,
-            ..Recorder::default()
-        })
-    }
-
-    fn of(&self, channel: &str) -> Vec<Got> {
-        self.publications
-            .lock()
-            .iter()
-            .filter(|g| g.channel == channel)
-            .cloned()
-            .collect()
-    }
-}
-
-impl EngineHandler for Recorder {
-    fn on_publication(
-        &self,
-        channel: ChannelName,
-        offset: u64,
-        epoch: Arc<str>,
-        frame: ByteString,
-    ) {
-        let frame = serde_json::from_str(&frame).expect("frame is JSON");
-        self.publications.lock().push(Got {
-            channel: channel.to_string(),
-            offset,
-            epoch: epoch.to_string(),
-            frame,
-        });
-    }
-
-    fn on_push(&self, channel: ChannelName, frame: ByteString) {
-        self.pushes
-            .lock()
-            .push((channel.to_string(), frame.to_string()));
-    }
-
-    fn disconnect_user(&self, user: &str) -> usize {
-        self.disconnects.lock().push(user.to_string());
-        self.sessions
-    }
-
-    fn on_reset(&self, channel: ChannelName, epoch: Arc<str>) {
-        self.resets
-            .lock()
-            .push((channel.to_string(), epoch.to_string()));
-    }
-}
+use switchboard::engine::{Engine, EngineError, Publish, NO_EPOCH};
+use switchboard::protocol::StreamPosition;
 
 // ---------------------------------------------------------------------------------------
 // The conformance suite, for any engine.
@@ -164,7 +39,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
     let mut epochs = Vec::new();
     for (i, expected) in (1..=3u64).enumerate() {
         let r = engine
-            .publish(&c, data(serde_json::json!({ "n": i })), None, &ns10)
+            .publish(&c, data(serde_json::json!({ "n": i })), &ns10)
             .await
             .expect("publish");
         assert_eq!(r.offset, expected);
@@ -230,7 +105,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
     let mut e = String::new();
     for i in 0..6 {
         e = engine
-            .publish(&t, data(serde_json::json!(i)), None, &small)
+            .publish(&t, data(serde_json::json!(i)), &small)
             .await
             .expect("publish")
             .epoch
@@ -291,7 +166,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
     assert_eq!(h.offset, 0);
     assert_ne!(&*h.epoch, NO_EPOCH);
     let r = engine
-        .publish(&fresh, data(serde_json::json!(1)), None, &ns10)
+        .publish(&fresh, data(serde_json::json!(1)), &ns10)
         .await
         .expect("publish");
     assert_eq!((r.offset, &*r.epoch), (1, &*h.epoch));
@@ -327,8 +202,10 @@ async fn conformance(engine: Arc<dyn Engine>) {
         let r = engine
             .publish(
                 &live,
-                data(serde_json::json!({ "i": i })),
-                Some(who.clone()),
+                Publish {
+                    info: Some(who.clone()),
+                    ..data(serde_json::json!({ "i": i }))
+                },
                 &ns10,
             )
             .await
@@ -368,7 +245,7 @@ async fn conformance(engine: Arc<dyn Engine>) {
     let z = ch("conf:nohistory");
     for expected in 1..=3u64 {
         let r = engine
-            .publish(&z, data(serde_json::json!(expected)), None, &none)
+            .publish(&z, data(serde_json::json!(expected)), &none)
             .await
             .expect("publish");
         assert_eq!(r.offset, expected);
@@ -381,6 +258,136 @@ async fn conformance(engine: Arc<dyn Engine>) {
     let n = engine.disconnect_user("alice").await.expect("disconnect");
     assert_eq!(n, 0);
     assert_eq!(rec.disconnects.lock().as_slice(), ["alice".to_string()]);
+
+    idempotency(&*engine, &rec).await;
+}
+
+/// The conformance block of idempotency keys: a repeat of a key on a channel within the
+/// window publishes nothing (no delivery, no history entry) and answers the first offset
+/// and epoch; another key, no key or another channel publishes; concurrent repeats publish
+/// once; after the window the key publishes again; a window of 0 remembers nothing.
+async fn idempotency(engine: &dyn Engine, rec: &Recorder) {
+    let ns10 = ns(10);
+    let c = ch("conf:idem");
+    engine.subscribe_node(&c).await.expect("subscribe node");
+    let first = engine
+        .publish(&c, keyed(json!("first"), "k1"), &ns10)
+        .await
+        .expect("publish");
+    assert_eq!((first.offset, first.duplicate), (1, false));
+    let again = engine
+        .publish(&c, keyed(json!("again"), "k1"), &ns10)
+        .await
+        .expect("repeat");
+    assert_eq!((again.offset, again.duplicate), (1, true));
+    assert_eq!(again.epoch, first.epoch);
+    let other_key = engine
+        .publish(&c, keyed(json!("k2"), "k2"), &ns10)
+        .await
+        .expect("key 2");
+    let no_key = engine
+        .publish(&c, data(json!("none")), &ns10)
+        .await
+        .expect("no key");
+    assert_eq!((other_key.offset, other_key.duplicate), (2, false));
+    assert_eq!((no_key.offset, no_key.duplicate), (3, false));
+    let d = ch("conf:idem-other");
+    let elsewhere = engine
+        .publish(&d, keyed(json!("there"), "k1"), &ns10)
+        .await
+        .expect("elsewhere");
+    assert_eq!(
+        (elsewhere.offset, elsewhere.duplicate),
+        (1, false),
+        "a key is per channel"
+    );
+    // One history entry and one delivery per publication, with the first data.
+    let h = engine.history(&c, None, 10, &ns10).await.expect("history");
+    let held: Vec<(u64, &str)> = h
+        .publications
+        .iter()
+        .map(|p| (p.offset, p.data.get()))
+        .collect();
+    assert_eq!(held, [(1, r#""first""#), (2, r#""k2""#), (3, r#""none""#)]);
+    // A last publication: once it is delivered, any stray delivery would have come first.
+    engine
+        .publish(&c, data(json!("last")), &ns10)
+        .await
+        .expect("last");
+    wait_until("four deliveries", || {
+        rec.of("conf:idem").iter().any(|g| g.offset == 4)
+    })
+    .await;
+    let got: Vec<(u64, Json)> = rec
+        .of("conf:idem")
+        .into_iter()
+        .map(|g| (g.offset, g.frame["data"].clone()))
+        .collect();
+    let want = [(1, "first"), (2, "k2"), (3, "none"), (4, "last")];
+    assert_eq!(got, want.map(|(o, d)| (o, json!(d))));
+    engine.unsubscribe_node(&c).await.expect("unsubscribe node");
+
+    // Repeats racing each other: one publishes, all answer its offset.
+    let race = ch("conf:idem-race");
+    let tries = (0..8).map(|i| engine.publish(&race, keyed(json!(i), "once"), &ns10));
+    let results: Vec<_> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.expect("publish"))
+        .collect();
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.offset == 1), "{results:?}");
+    let h = engine
+        .history(&race, None, 10, &ns10)
+        .await
+        .expect("history");
+    assert_eq!(h.offset, 1);
+
+    // After the window the key publishes again, and not before. Each try that comes
+    // within the window publishes nothing, so the next offset is 2 whenever it comes.
+    let short = NamespaceOptions {
+        idempotency_window: HumanDuration(Duration::from_millis(200)),
+        ..ns(10)
+    };
+    let w = ch("conf:idem-window");
+    let started = Instant::now();
+    let first = engine
+        .publish(&w, keyed(json!(1), "w"), &short)
+        .await
+        .expect("publish");
+    assert_eq!(first.offset, 1);
+    eventually("the window to end", || async {
+        let r = engine.publish(&w, keyed(json!(2), "w"), &short).await;
+        (!r.expect("publish").duplicate).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "published again after {:?}, within the window",
+        started.elapsed()
+    );
+    assert_eq!(
+        engine
+            .history(&w, None, 0, &short)
+            .await
+            .expect("history")
+            .offset,
+        2
+    );
+
+    // A window of 0 remembers no key.
+    let off = NamespaceOptions {
+        idempotency_window: HumanDuration(Duration::ZERO),
+        ..ns(10)
+    };
+    let z = ch("conf:idem-off");
+    for expected in 1..=2 {
+        let r = engine
+            .publish(&z, keyed(json!(expected), "z"), &off)
+            .await
+            .expect("publish");
+        assert_eq!((r.offset, r.duplicate), (expected, false));
+    }
 }
 
 fn offsets(p: &[switchboard::protocol::Publication]) -> Vec<u64> {
@@ -489,7 +496,7 @@ async fn unreachable_redis_starts_not_ready_then_connects() {
     assert!(!engine.is_ready());
     let started = Instant::now();
     let err = engine
-        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .publish(&ch("x"), data(serde_json::json!(1)), &ns(10))
         .await
         .expect_err("unavailable");
     assert!(matches!(err, EngineError::Unavailable(_)));
@@ -497,7 +504,7 @@ async fn unreachable_redis_starts_not_ready_then_connects() {
     redis.start_again();
     wait_until("ready after redis appears", || engine.is_ready()).await;
     let r = engine
-        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .publish(&ch("x"), data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     assert_eq!(r.offset, 1);
@@ -513,11 +520,11 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
     let c = ch("room");
     engine.subscribe_node(&c).await.expect("subscribe");
     let first = engine
-        .publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .publish(&c, data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     engine
-        .publish(&c, data(serde_json::json!(2)), None, &ns(10))
+        .publish(&c, data(serde_json::json!(2)), &ns(10))
         .await
         .expect("publish");
     wait_until("two publications", || rec.of("room").len() == 2).await;
@@ -526,7 +533,7 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
     wait_until("not ready", || !engine.is_ready()).await;
     let started = Instant::now();
     let err = engine
-        .publish(&c, data(serde_json::json!(3)), None, &ns(10))
+        .publish(&c, data(serde_json::json!(3)), &ns(10))
         .await;
     assert!(matches!(err, Err(EngineError::Unavailable(_))), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
@@ -534,7 +541,7 @@ async fn redis_restarted_empty_recovers_with_a_new_epoch() {
     redis.restart();
     wait_until("ready again", || engine.is_ready()).await;
     let again = engine
-        .publish(&c, data(serde_json::json!(4)), None, &ns(10))
+        .publish(&c, data(serde_json::json!(4)), &ns(10))
         .await
         .expect("publish");
     assert_eq!(again.offset, 1, "offsets restart");
@@ -571,7 +578,7 @@ async fn function_flushed_is_reloaded_on_publish() {
         .await
         .expect("flush");
     let r = engine
-        .publish(&ch("x"), data(serde_json::json!(1)), None, &ns(10))
+        .publish(&ch("x"), data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     assert_eq!(r.offset, 1);
@@ -588,7 +595,7 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
     let c = ch("chat:gap");
     b.subscribe_node(&c).await.expect("subscribe");
     let r1 = a
-        .publish(&c, data(serde_json::json!(1)), None, &ns(10))
+        .publish(&c, data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     wait_until("first", || rec.of("chat:gap").len() == 1).await;
@@ -598,7 +605,7 @@ async fn publications_cross_nodes_and_gaps_are_filled_from_history() {
     for i in 2..=3 {
         raw_publish(&mut con, &p, "chat:gap", i, "nowhere").await;
     }
-    a.publish(&c, data(serde_json::json!(4)), None, &ns(10))
+    a.publish(&c, data(serde_json::json!(4)), &ns(10))
         .await
         .expect("publish");
     wait_until("gap filled", || rec.of("chat:gap").len() == 4).await;
@@ -673,7 +680,7 @@ async fn subscription_resumes_after_restart_across_nodes() {
     b.set_handler(rec.clone());
     let c = ch("resume");
     b.subscribe_node(&c).await.expect("subscribe");
-    a.publish(&c, data(serde_json::json!(1)), None, &ns(10))
+    a.publish(&c, data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     wait_until("first", || rec.of("resume").len() == 1).await;
@@ -681,7 +688,7 @@ async fn subscription_resumes_after_restart_across_nodes() {
     wait_until("both ready", || a.is_ready() && b.is_ready()).await;
     // a may still hold its dead connection for one command; the caller would retry.
     eventually("publish works again", || async {
-        a.publish(&c, data(serde_json::json!(2)), None, &ns(10))
+        a.publish(&c, data(serde_json::json!(2)), &ns(10))
             .await
             .ok()
     })
@@ -782,7 +789,7 @@ async fn reconnect_catches_up_from_history() {
     let c = ch("catchup");
     let live = format!("{p}:ch:{{catchup}}");
     b.subscribe_node(&c).await.expect("subscribe");
-    b.publish(&c, data(serde_json::json!(1)), None, &ns(10))
+    b.publish(&c, data(serde_json::json!(1)), &ns(10))
         .await
         .expect("publish");
     wait_until("first", || rec.of("catchup").len() == 1).await;
@@ -829,7 +836,7 @@ async fn reconnect_catches_up_from_history() {
     wait_until("ready again", || b.is_ready()).await;
     wait_until("caught up", || rec.of("catchup").len() >= 4).await;
     // Then live again: one more publication, after which nothing may have come twice.
-    b.publish(&c, data(serde_json::json!(5)), None, &ns(10))
+    b.publish(&c, data(serde_json::json!(5)), &ns(10))
         .await
         .expect("publish after the gap");
     wait_until("live after the gap", || {

@@ -23,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use switchboard::channel::ChannelName;
 use switchboard::protocol::{
     error_frame, json_depth, message_frame, parse_command, ClientInfo, Command, Id, Publication,
-    MAX_DATA_DEPTH, MAX_ID_LEN,
+    MAX_DATA_DEPTH, MAX_IDEMPOTENCY_KEY_LEN, MAX_ID_LEN,
 };
 
 /// Longest error message a reply may carry: the longest is an unknown command type, whose
@@ -43,7 +43,15 @@ fuzz_target!(|data: &[u8]| {
                 | Command::Unsubscribe { channel }
                 | Command::Presence { channel }
                 | Command::History { channel, .. } => valid(&channel),
-                Command::Publish { channel, data } => {
+                Command::Publish {
+                    channel,
+                    data,
+                    idempotency_key,
+                } => {
+                    if let Some(k) = &idempotency_key {
+                        let n = k.as_str().len();
+                        assert!((1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&n), "a {n}-byte key");
+                    }
                     valid(&channel);
                     assert!(json_depth(data.get()) <= MAX_DATA_DEPTH);
                     let publication = Publication {

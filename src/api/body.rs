@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{check_data, compact_data, ApiError, ErrorCode};
+use crate::protocol::{check_data, compact_data, ApiError, ErrorCode, IdempotencyKey};
 
 /// The fields of a JSON object body, unparsed.
 pub(super) struct Fields<'a>(HashMap<String, &'a RawValue>);
@@ -61,6 +61,11 @@ impl<'a> Fields<'a> {
     pub(super) fn strings(&self, name: &str) -> Result<Vec<String>, ApiError> {
         Vec::<String>::deserialize(self.required(name)?)
             .map_err(|_| bad(format!("`{name}` must be an array of strings")))
+    }
+
+    /// `idempotency_key`: absent, `null`, or a valid [`IdempotencyKey`].
+    pub(super) fn idempotency_key(&self) -> Result<Option<IdempotencyKey>, ApiError> {
+        IdempotencyKey::from_json(self.0.get("idempotency_key").copied()).map_err(bad)
     }
 
     /// `data`: any JSON value, `null` included, that passes [`check_data`] (nested at most

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Publish};
 use crate::node::Node;
 use crate::protocol::{ApiError, ErrorCode, Publication, StreamPosition};
 use body::Fields;
@@ -150,7 +150,18 @@ fn unavailable(e: EngineError) -> ApiError {
     log::warn!("api engine error: {e}");
     ApiError::new(
         ErrorCode::Unavailable,
-        "the engine cannot take this call now; nothing was published",
+        "the engine cannot take this call now",
+    )
+}
+
+/// A publish the engine failed: when it timed out, Redis may still have made it, which the
+/// node cannot tell; a retry with the same `idempotency_key` publishes at most once.
+fn publish_unavailable(e: EngineError) -> ApiError {
+    log::warn!("api engine error on publish: {e}");
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "the engine cannot take this call now; if it timed out, the publication may have been \
+         made: retry with the same idempotency_key to publish at most once",
     )
 }
 
@@ -161,23 +172,31 @@ fn namespace(node: &Node, channel: &ChannelName) -> NamespaceOptions {
 async fn publish(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
     authorize(&req, &node)?;
     let body = read_body(&req, payload, &node).await?;
-    let fields = Fields::parse(&body, &["channel", "data"])?;
+    let fields = Fields::parse(&body, &["channel", "data", "idempotency_key"])?;
     let ch = channel(&fields.string("channel")?)?;
     let data = fields.data()?;
+    let idempotency_key = fields.idempotency_key()?;
     let ns = namespace(&node, &ch);
+    let p = Publish {
+        idempotency_key,
+        ..Publish::new(Arc::from(data))
+    };
     let r = node
         .engine
-        .publish(&ch, Arc::from(data), None, &ns)
+        .publish(&ch, p, &ns)
         .await
-        .map_err(unavailable)?;
-    node.metrics.publications.inc();
+        .map_err(publish_unavailable)?;
+    // A repeated key published nothing: the answer is the first one's, and it is not counted.
+    if !r.duplicate {
+        node.metrics.publications.inc();
+    }
     Ok(HttpResponse::Ok().json(json!({"offset": r.offset, "epoch": &*r.epoch})))
 }
 
 async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node>) -> ApiResult {
     authorize(&req, &node)?;
     let body = read_body(&req, payload, &node).await?;
-    let fields = Fields::parse(&body, &["channels", "data"])?;
+    let fields = Fields::parse(&body, &["channels", "data", "idempotency_key"])?;
     let names = fields.strings("channels")?;
     if names.is_empty() {
         return Err(ApiError::new(ErrorCode::BadRequest, "`channels` is empty"));
@@ -188,22 +207,31 @@ async fn broadcast(req: HttpRequest, payload: web::Payload, node: web::Data<Node
         .map(|c| channel(c))
         .collect::<Result<Vec<_>, _>>()?;
     let data: Arc<RawValue> = Arc::from(fields.data()?);
+    // One key for the call, remembered per channel: a retried broadcast publishes only to
+    // the channels the first attempt did not reach, and answers the others' first results.
+    let idempotency_key = fields.idempotency_key()?;
     let mut results = Vec::with_capacity(chans.len());
     for ch in chans {
         let ns = namespace(&node, &ch);
         let done = results.len();
-        let r = node
-            .engine
-            .publish(&ch, data.clone(), None, &ns)
-            .await
-            .map_err(|e| {
-                log::warn!("broadcast failed at channel={ch}: {e}");
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("the engine failed at channel {ch}: the first {done} channels were published, the rest were not"),
-                )
-            })?;
-        node.metrics.publications.inc();
+        let p = Publish {
+            idempotency_key: idempotency_key.clone(),
+            ..Publish::new(data.clone())
+        };
+        let r = node.engine.publish(&ch, p, &ns).await.map_err(|e| {
+            log::warn!("broadcast failed at channel={ch}: {e}");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the engine failed at channel {ch}: the first {done} channels were \
+                     published, the rest were not (if it timed out, {ch} may have been too); \
+                     retry with the same idempotency_key to publish to each at most once"
+                ),
+            )
+        })?;
+        if !r.duplicate {
+            node.metrics.publications.inc();
+        }
         results.push(json!({"channel": ch.as_str(), "offset": r.offset, "epoch": &*r.epoch}));
     }
     Ok(HttpResponse::Ok().json(json!({ "results": results })))

@@ -41,6 +41,7 @@ pub const KEYS: &[&str] = &[
     "channels.allow_publish",
     "channels.history_size",
     "channels.history_ttl",
+    "channels.idempotency_window",
     "channels.presence",
     "channels.join_leave",
 ];
@@ -51,6 +52,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "allow_publish",
     "history_size",
     "history_ttl",
+    "idempotency_window",
     "presence",
     "join_leave",
 ];

@@ -4,7 +4,9 @@
 //!
 //! The channel's lock is held while the publication is handed to the handler (a
 //! non-blocking mailbox send), so concurrent publishers on one channel reach the broker in
-//! offset order.
+//! offset order. Idempotency keys are checked and remembered under that same lock, so two
+//! publishes with one key publish once; they are kept apart from the channel's state, so a
+//! key still answers within its window after an idle channel was forgotten.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -14,11 +16,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use serde_json::value::RawValue;
 
 use super::{
-    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult,
-    NO_EPOCH,
+    recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish,
+    PublishResult, NO_EPOCH,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -66,9 +67,19 @@ fn new_epoch() -> Arc<str> {
     Arc::from(&id[..12])
 }
 
+/// The first result published with an idempotency key, until the key's window ends.
+struct Remembered {
+    offset: u64,
+    epoch: Arc<str>,
+    expires: Instant,
+}
+
 #[derive(Default)]
 struct Shard {
     channels: FastMap<ChannelName, ChannelState>,
+    /// Idempotency keys used on each channel within their window (expired ones are ignored
+    /// on lookup and dropped by the sweep).
+    keys: FastMap<ChannelName, FastMap<Box<str>, Remembered>>,
     /// Keyed by the entry's own client id (shared with it, not copied).
     presence: HashMap<ChannelName, HashMap<Arc<str>, ClientInfo>>,
     /// Channels the node is subscribed to: never forgotten, or live subscribers would see
@@ -152,16 +163,24 @@ impl MemoryEngine {
 
     /// Forgets channels whose history has expired and that nobody on the node subscribes to,
     /// so memory does not grow with every channel ever used; such a channel's next
-    /// publication starts a new epoch. Called periodically by the node.
+    /// publication starts a new epoch. Also forgets idempotency keys past their window.
+    /// Called periodically by the node.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in &self.shards {
             let mut shard = shard.lock();
             let Shard {
                 channels,
+                keys,
                 presence,
                 held,
             } = &mut *shard;
+            keys.retain(|_, used| {
+                used.retain(|_, r| r.expires > now);
+                used.shrink_when_sparse();
+                !used.is_empty()
+            });
+            keys.shrink_when_sparse();
             channels.retain(|name, state| {
                 state.drop_expired(now);
                 let forgettable = state.history.is_empty()
@@ -195,12 +214,28 @@ impl Engine for MemoryEngine {
     async fn publish(
         &self,
         channel: &ChannelName,
-        data: Arc<RawValue>,
-        info: Option<ClientInfo>,
+        p: Publish,
         ns: &NamespaceOptions,
     ) -> Result<PublishResult, EngineError> {
         let now = Instant::now();
         let mut shard = self.shard(channel).lock();
+        let window = ns.idempotency_window.0;
+        // A window of 0 remembers nothing: the key is then only validated.
+        let key = p.idempotency_key.filter(|_| !window.is_zero());
+        if let Some(key) = &key {
+            let first = shard
+                .keys
+                .get(channel)
+                .and_then(|used| used.get(key.as_str()))
+                .filter(|r| r.expires > now);
+            if let Some(r) = first {
+                return Ok(PublishResult {
+                    offset: r.offset,
+                    epoch: r.epoch.clone(),
+                    duplicate: true,
+                });
+            }
+        }
         let state = shard
             .channels
             .entry(channel.clone())
@@ -208,8 +243,8 @@ impl Engine for MemoryEngine {
         state.offset += 1;
         let publication = Publication {
             offset: state.offset,
-            data,
-            info,
+            data: p.data,
+            info: p.info,
         };
         let frame = message_frame(channel.as_str(), &publication);
         let ttl: Duration = ns.history_ttl.0;
@@ -227,7 +262,18 @@ impl Engine for MemoryEngine {
         let result = PublishResult {
             offset: state.offset,
             epoch: state.epoch.clone(),
+            duplicate: false,
         };
+        if let Some(key) = key {
+            shard.keys.entry(channel.clone()).or_default().insert(
+                Box::from(key.as_str()),
+                Remembered {
+                    offset: result.offset,
+                    epoch: result.epoch.clone(),
+                    expires: now + window,
+                },
+            );
+        }
         if let Some(h) = self.handler.get() {
             h.on_publication(channel.clone(), result.offset, result.epoch.clone(), frame);
         }
@@ -334,5 +380,61 @@ impl Engine for MemoryEngine {
 
     async fn disconnect_user(&self, user: &str) -> Result<usize, EngineError> {
         Ok(self.handler.get().map_or(0, |h| h.disconnect_user(user)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HumanDuration;
+    use crate::protocol::IdempotencyKey;
+    use serde_json::value::RawValue;
+
+    fn keyed(key: &str) -> Publish {
+        let data = RawValue::from_string("1".into()).expect("json");
+        Publish {
+            idempotency_key: Some(IdempotencyKey::parse(key).expect("a valid key")),
+            ..Publish::new(Arc::from(data))
+        }
+    }
+
+    fn keys_held(engine: &MemoryEngine) -> usize {
+        let held = |s: &Mutex<Shard>| s.lock().keys.values().map(|k| k.len()).sum::<usize>();
+        engine.shards.iter().map(held).sum()
+    }
+
+    #[tokio::test]
+    async fn keys_outlive_a_forgotten_channel_and_are_swept_after_their_window() {
+        let engine = MemoryEngine::new("n");
+        let window = Duration::from_millis(50);
+        // No history: the channel may be forgotten at the first sweep.
+        let ns = NamespaceOptions {
+            history_size: 0,
+            history_ttl: HumanDuration(Duration::ZERO),
+            idempotency_window: HumanDuration(window),
+            ..NamespaceOptions::default()
+        };
+        let c = ChannelName::parse("sweep").expect("channel");
+        let started = Instant::now();
+        let first = engine.publish(&c, keyed("a"), &ns).await.expect("publish");
+        engine.publish(&c, keyed("b"), &ns).await.expect("publish");
+        engine.sweep();
+        if started.elapsed() < window {
+            assert_eq!(engine.channel_count(), 0, "the channel was forgotten");
+            assert_eq!(keys_held(&engine), 2, "its keys were not");
+            let again = engine.publish(&c, keyed("a"), &ns).await.expect("repeat");
+            assert!(again.duplicate);
+            assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
+        }
+        // Then the sweep drops them, once their window is over and not before.
+        let deadline = started + Duration::from_secs(10);
+        while keys_held(&engine) > 0 {
+            assert!(Instant::now() < deadline, "keys never swept");
+            std::thread::sleep(Duration::from_millis(5));
+            engine.sweep();
+        }
+        assert!(started.elapsed() >= window);
+        let later = engine.publish(&c, keyed("a"), &ns).await.expect("publish");
+        assert!(!later.duplicate, "a key publishes again after its window");
     }
 }

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
-use crate::protocol::{ClientInfo, Publication, StreamPosition};
+use crate::protocol::{ClientInfo, IdempotencyKey, Publication, StreamPosition};
 
 /// Why the engine could not do what was asked; the client sees `unavailable`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,13 +25,42 @@ pub enum EngineError {
     Unavailable(String),
 }
 
-/// Offset and epoch given to a new publication.
+/// What to publish on a channel.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The JSON value, as it will be stored and delivered.
+    pub data: Arc<RawValue>,
+    /// Who published it, when a client did (none through the HTTP API).
+    pub info: Option<ClientInfo>,
+    /// When given, a repeat of the key on the same channel within the namespace's
+    /// `idempotency_window` publishes nothing and answers the first publication's offset
+    /// and epoch (with [`PublishResult::duplicate`] set). A window of 0 remembers no key.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl Publish {
+    /// A publication of `data` with no `info` and no idempotency key.
+    pub fn new(data: Arc<RawValue>) -> Self {
+        Publish {
+            data,
+            info: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// Offset and epoch given to a publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishResult {
     /// The publication's offset.
     pub offset: u64,
-    /// The channel's epoch.
+    /// The channel's epoch (for a duplicate, the epoch the first publication had, even if
+    /// the channel has started another since).
     pub epoch: Arc<str>,
+    /// True when the idempotency key was seen within the window: nothing was published
+    /// now (no delivery, no history entry), and `offset` and `epoch` are the first
+    /// publication's. Callers count it as no publication.
+    pub duplicate: bool,
 }
 
 /// A slice of a channel's history plus its current position.
@@ -84,12 +113,14 @@ pub trait Engine: Send + Sync + 'static {
     fn is_ready(&self) -> bool;
 
     /// Assigns the next offset, appends to history and delivers the publication to every
-    /// node subscribed to the channel (this one included).
+    /// node subscribed to the channel (this one included). With an idempotency key already
+    /// used on the channel within `ns.idempotency_window`, does none of that and answers
+    /// the first result: the check and the publication are one atomic step, so two
+    /// concurrent publishes with one key publish once.
     async fn publish(
         &self,
         channel: &ChannelName,
-        data: Arc<RawValue>,
-        info: Option<ClientInfo>,
+        publication: Publish,
         ns: &NamespaceOptions,
     ) -> Result<PublishResult, EngineError>;
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{check_data, compact_data, ErrorCode, Id, StreamPosition, MAX_ID_LEN};
+use super::{check_data, compact_data, ErrorCode, Id, IdempotencyKey, StreamPosition, MAX_ID_LEN};
 use crate::channel::ChannelName;
 
 /// A client command with its id.
@@ -37,6 +37,9 @@ pub enum Command {
         channel: ChannelName,
         /// The value, unparsed.
         data: Box<RawValue>,
+        /// A repeat of this key on this channel within the namespace's
+        /// `idempotency_window` publishes nothing and gets the first result.
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// Application-level ping.
     Ping,
@@ -89,6 +92,8 @@ struct Envelope<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -184,8 +189,14 @@ pub fn parse_command(text: &str) -> Result<Request, CommandError> {
             let channel = channel(&id, env.channel)?;
             let data = env.data.ok_or_else(|| bad(&id, "missing field `data`"))?;
             check_data(data.get()).map_err(|m| bad(&id, m))?;
+            let idempotency_key =
+                IdempotencyKey::from_json(env.idempotency_key).map_err(|m| bad(&id, m))?;
             let data = compact_data(data);
-            Command::Publish { channel, data }
+            Command::Publish {
+                channel,
+                data,
+                idempotency_key,
+            }
         }
         "ping" => Command::Ping,
         "presence" => Command::Presence {

@@ -1,7 +1,8 @@
 //! The `switchboard.v1.json` wire protocol: client commands parsed from text frames
 //! ([`command`]), server replies and pushes serialized to text ([`frames`]), and the one
 //! table of client-visible codes for WebSocket and HTTP alike ([`codes`]), with the HTTP
-//! error body ([`http`]). Nothing else in the crate builds or parses frames; the session
+//! error body ([`http`]), and the optional idempotency key of a publication
+//! ([`idempotency`]), read the same way from WebSocket and HTTP. Nothing else in the crate builds or parses frames; the session
 //! calls [`parse_command`] and the frame builders, the broker and engines call
 //! [`message_frame`] once per publication. A leaf: it knows channel names and nothing of
 //! sessions, brokers or engines.
@@ -13,6 +14,7 @@ pub mod codes;
 pub mod command;
 pub mod frames;
 pub mod http;
+pub mod idempotency;
 
 use std::sync::Arc;
 
@@ -23,6 +25,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use command::{parse_command, Command, CommandError, Request};
 pub use frames::{disconnect_frame, error_frame, message_frame, ServerFrame};
 pub use http::ApiError;
+pub use idempotency::{IdempotencyKey, MAX_IDEMPOTENCY_KEY_LEN};
 
 /// The one subprotocol this server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1.json";

@@ -410,3 +410,48 @@ fn data_with_line_breaks_is_stored_compact() {
     assert_eq!(compact_data(&spaced).get(), r#"{ "a" : 1 }"#);
     assert_eq!(compact_data(&raw("\"é\"")).get(), "\"é\"");
 }
+
+#[test]
+fn publish_takes_an_optional_idempotency_key() {
+    let r = parse_command(r#"{"type":"publish","channel":"c","data":1,"idempotency_key":"k-1"}"#)
+        .expect("publish");
+    let Command::Publish {
+        idempotency_key, ..
+    } = r.command
+    else {
+        panic!("not a publish: {:?}", r.command);
+    };
+    assert_eq!(idempotency_key.as_ref().map(|k| k.as_str()), Some("k-1"));
+    for absent in [
+        r#"{"type":"publish","channel":"c","data":1}"#,
+        r#"{"type":"publish","channel":"c","data":1,"idempotency_key":null}"#,
+    ] {
+        let r = parse_command(absent).expect("publish");
+        assert!(
+            matches!(
+                r.command,
+                Command::Publish {
+                    idempotency_key: None,
+                    ..
+                }
+            ),
+            "{absent}"
+        );
+    }
+    let long = "k".repeat(65);
+    for bad in [r#""""#, "5", "{}", &format!("\"{long}\"")] {
+        let e = parse_command(&format!(
+            r#"{{"type":"publish","id":7,"channel":"c","data":1,"idempotency_key":{bad}}}"#
+        ))
+        .expect_err(bad);
+        assert_eq!(
+            (e.id, e.code),
+            (Some(Id::Num(7)), ErrorCode::BadRequest),
+            "{bad}"
+        );
+        assert!(e.message.contains("idempotency_key"), "{}", e.message);
+        assert!(!e.message.contains(&long), "the key is not echoed");
+    }
+    // Other commands ignore it, as they ignore every field they do not use.
+    assert!(parse_command(r#"{"type":"ping","idempotency_key":5}"#).is_ok());
+}

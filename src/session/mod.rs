@@ -327,7 +327,11 @@ impl Session {
                 .to_text();
                 self.send(ctx, frame);
             }
-            Command::Publish { channel, data } => self.publish(id, channel, data, ctx),
+            Command::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => self.publish(id, channel, data, idempotency_key, ctx),
             Command::Presence { channel } => self.presence(id, channel, ctx),
             Command::History {
                 channel,

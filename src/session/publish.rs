@@ -1,6 +1,7 @@
 //! Publishing from a WebSocket: the `publish` command, run in its turn of the session's
-//! command queue while the engine assigns the offset, its `published` reply paced by the
-//! broker's backpressure. Its rate limit is applied as commands arrive ([`super::rate`]).
+//! command queue while the engine assigns the offset (or finds its idempotency key already
+//! used and answers the first result), its `published` reply paced by the broker's
+//! backpressure. Its rate limit is applied as commands arrive ([`super::rate`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use serde_json::value::RawValue;
 
 use super::Session;
 use crate::channel::ChannelName;
-use crate::protocol::{ErrorCode, Id, ServerFrame};
+use crate::engine::Publish;
+use crate::protocol::{ErrorCode, Id, IdempotencyKey, ServerFrame};
 
 impl Session {
     /// The `publish` command, in its turn: the engine assigns the offset while the queue
@@ -19,6 +21,7 @@ impl Session {
         id: Option<Id>,
         channel: ChannelName,
         data: Box<RawValue>,
+        idempotency_key: Option<IdempotencyKey>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let ns = self.node.namespaces.get(channel.namespace()).clone();
@@ -31,22 +34,28 @@ impl Session {
             );
         }
         let node = self.node.clone();
-        let info = self.info.clone();
+        let p = Publish {
+            data: Arc::from(data),
+            info: Some(self.info.clone()),
+            idempotency_key,
+        };
         let fut = async move {
-            let r = node
-                .engine
-                .publish(&channel, Arc::from(data), Some(info), &ns)
-                .await;
+            let r = node.engine.publish(&channel, p, &ns).await;
             // `published` (and this connection's next command) waits while the channel's
-            // subscribers here are behind but reading: backpressure.
-            if r.is_ok() {
+            // subscribers here are behind but reading: backpressure. A repeated key
+            // delivered nothing, so there is nothing to wait for.
+            if r.as_ref().is_ok_and(|r| !r.duplicate) {
                 node.broker.pace(&channel).await;
             }
             (channel, r)
         };
         self.hold_for(ctx, fut, move |act, ctx, (channel, r)| match r {
             Ok(res) => {
-                act.node.metrics.publications.inc();
+                // A repeated key published nothing: the reply is the first one's, and it
+                // is not counted as a publication.
+                if !res.duplicate {
+                    act.node.metrics.publications.inc();
+                }
                 let frame = ServerFrame::Published {
                     id: id.as_ref(),
                     channel: channel.as_str(),

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod client;
+pub mod engine;
 pub mod raw;
 pub mod redis;
 

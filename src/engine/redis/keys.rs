@@ -1,5 +1,5 @@
 //! Key and channel names of one prefix: the one place that knows the Redis key layout
-//! (the header of `migrations/0001_functions.lua` says what each key holds). Every other
+//! (the headers of the files in `migrations/` say what each key holds). Every other
 //! file of the engine asks [`Keys`] for a name; nothing here talks to Redis.
 //!
 //! Per-channel keys carry the channel in a `{hash tag}`, so a channel's meta, history and
@@ -33,6 +33,13 @@ impl Keys {
     /// `<p>:history:{ch}`: the channel's history stream.
     pub(super) fn history(&self, ch: &str) -> String {
         format!("{}:history:{{{ch}}}", self.prefix)
+    }
+
+    /// `<p>:idem:{ch}:<key>`: the `offset:epoch` first published with an idempotency key
+    /// on the channel, for the key's window. The key follows the channel's hash tag (any
+    /// braces in it come after the tag, so they do not move the slot).
+    pub(super) fn idem(&self, ch: &str, key: &str) -> String {
+        format!("{}:idem:{{{ch}}}:{key}", self.prefix)
     }
 
     /// `<p>:ch:{ch}`: the pub/sub channel publications and pushes travel on.
@@ -99,5 +106,6 @@ mod tests {
         assert_eq!(k.channel_of("sb:ch:{a/b}"), Some("a/b"));
         assert_eq!(k.channel_of("sb:control"), None);
         assert_eq!(k.presence_exp("x"), "sb:presence:{x}:exp");
+        assert_eq!(k.idem("a/b", "k{1}:é"), "sb:idem:{a/b}:k{1}:é");
     }
 }

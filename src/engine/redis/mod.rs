@@ -3,8 +3,9 @@
 //! commands, one dedicated pub/sub connection per node) and to the node only through the
 //! [`EngineHandler`] it is given; the broker, sessions and API see it as an `Arc<dyn Engine>`.
 //!
-//! Publishing is one server-side function (`migrations/0001_functions.lua`, a Redis 7
-//! FUNCTION library applied under a lock by [`migrate`] or on start): it assigns the offset,
+//! Publishing is one server-side function (`migrations/0003_idempotent_publish.lua`, a
+//! Redis 7 FUNCTION library applied under a lock by [`migrate`] or on start): it answers a
+//! repeated idempotency key with the first result, or assigns the offset,
 //! appends to the history stream, trims and expires it, and PUBLISHes a compact payload
 //! `p<offset>:<epoch>:{"data":..,"info":..}` on `<p>:ch:{channel}`. Each node builds the
 //! client `message` frame once on receipt with [`message_frame`](crate::protocol::message_frame),
@@ -54,10 +55,11 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::Value;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
-use super::{Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, PublishResult};
+use super::{
+    Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish, PublishResult,
+};
 use crate::channel::ChannelName;
 use crate::config::{NamespaceOptions, Settings};
 use crate::protocol::{ClientInfo, StreamPosition};
@@ -358,11 +360,10 @@ impl Engine for RedisEngine {
     async fn publish(
         &self,
         channel: &ChannelName,
-        data: Arc<RawValue>,
-        info: Option<ClientInfo>,
+        publication: Publish,
         ns: &NamespaceOptions,
     ) -> Result<PublishResult, EngineError> {
-        stream::publish(&self.inner, channel, data, info, ns).await
+        stream::publish(&self.inner, channel, publication, ns).await
     }
 
     async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError> {

@@ -21,14 +21,18 @@ use crate::config::Settings;
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../../migrations/0001_functions.lua")),
     (2, include_str!("../../../migrations/0002_reads.lua")),
+    (
+        3,
+        include_str!("../../../migrations/0003_idempotent_publish.lua"),
+    ),
 ];
 
 /// The highest schema version this build knows (the last of [`MIGRATIONS`]).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 // The functions this build calls, each from the library that brought it (every library of
 // [`MIGRATIONS`] is loaded).
-pub(super) const FN_PUBLISH: &str = "switchboard_v1_publish";
+pub(super) const FN_PUBLISH: &str = "switchboard_v3_publish";
 pub(super) const FN_HISTORY: &str = "switchboard_v1_history";
 pub(super) const FN_READ: &str = "switchboard_v2_read";
 pub(super) const FN_RANGE: &str = "switchboard_v1_range";

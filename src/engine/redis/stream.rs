@@ -1,7 +1,7 @@
-//! A channel's stream in Redis: publishing (one server-side function assigns the offset,
-//! appends to history and PUBLISHes), pushes, history reads with recovery, the gap
-//! filler's range reads (the [`History`] the ordering reads from), and keeping the meta
-//! hash of subscribed channels alive. Talks to Redis through the engine's command
+//! A channel's stream in Redis: publishing (one server-side function checks the optional
+//! idempotency key, assigns the offset, appends to history and PUBLISHes), pushes, history
+//! reads with recovery, the gap filler's range reads (the [`History`] the ordering reads
+//! from), and keeping the meta hash of subscribed channels alive. Talks to Redis through the engine's command
 //! connection; the stored form of a publication is defined here.
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use super::schema::{FN_HISTORY, FN_PUBLISH, FN_RANGE, FN_READ};
 use super::Inner;
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
-use crate::engine::{recover_after, EngineError, HistoryResult, PublishResult};
+use crate::engine::{recover_after, EngineError, HistoryResult, Publish, PublishResult};
 use crate::protocol::{ClientInfo, Publication, StreamPosition};
 
 /// How much longer than its history a channel's meta hash (offset, epoch) lives.
@@ -58,38 +58,53 @@ fn new_epoch() -> String {
     id[..12].to_string()
 }
 
+/// Publishes through `switchboard_v3_publish`; with an idempotency key (and a window above
+/// 0) the function also checks and records `<p>:idem:{ch}:<key>`, in the same atomic call.
 pub(super) async fn publish(
     inner: &Inner,
     channel: &ChannelName,
-    data: Arc<RawValue>,
-    info: Option<ClientInfo>,
+    p: Publish,
     ns: &NamespaceOptions,
 ) -> Result<PublishResult, EngineError> {
     let payload = serde_json::to_string(&StoredRef {
-        data: &data,
-        info: info.as_ref(),
+        data: &p.data,
+        info: p.info.as_ref(),
     })
     .map_err(|e| EngineError::Unavailable(format!("cannot encode publication: {e}")))?;
     let keys = &inner.keys;
     let (meta, history) = (keys.meta(channel.as_str()), keys.history(channel.as_str()));
+    let window = ns.idempotency_window.0;
+    // A window of 0 remembers nothing: the key is then only validated.
+    let idem = p
+        .idempotency_key
+        .filter(|_| !window.is_zero())
+        .map(|k| keys.idem(channel.as_str(), k.as_str()));
     let history_ttl = ns.history_ttl.0;
-    let cmd = fcall(FN_PUBLISH, &[&meta, &history])
-        .arg(new_epoch())
+    let mut cmd = match &idem {
+        Some(idem) => fcall(FN_PUBLISH, &[&meta, &history, idem]),
+        None => fcall(FN_PUBLISH, &[&meta, &history]),
+    };
+    cmd.arg(new_epoch())
         .arg(payload)
         .arg(ns.history_size)
         .arg(ms(history_ttl))
         .arg(ms(history_ttl + META_GRACE))
-        .arg(keys.pubsub(channel.as_str()))
-        .clone();
+        .arg(keys.pubsub(channel.as_str()));
+    if idem.is_some() {
+        // At least 1 ms: a window under a millisecond is still a window, not "off".
+        cmd.arg(ms(window).max(1));
+    }
     let reply = value_array(inner.fcall(&cmd).await?);
     let mut items = reply.into_iter();
     match (
         items.next().as_ref().and_then(value_u64),
         items.next().and_then(value_string),
+        items.next().as_ref().and_then(value_u64),
     ) {
-        (Some(offset), Some(epoch)) => Ok(PublishResult {
+        (Some(offset), Some(epoch), Some(duplicate)) => Ok(PublishResult {
             offset,
             epoch: Arc::from(epoch),
+            duplicate: duplicate == 1,
         }),
         _ => Err(CmdError::Reply("publish").into_engine()),
     }
