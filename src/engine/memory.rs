@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use super::{
     recover_after, Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish,
-    PublishResult, NO_EPOCH,
+    PublishResult, PublishTicket, NO_EPOCH,
 };
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -201,17 +201,9 @@ impl MemoryEngine {
     }
 }
 
-#[async_trait]
-impl Engine for MemoryEngine {
-    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
-        let _ = self.handler.set(handler);
-    }
-
-    fn is_ready(&self) -> bool {
-        true
-    }
-
-    async fn publish(
+impl MemoryEngine {
+    /// [`Engine::publish`], done at once.
+    fn publish_now(
         &self,
         channel: &ChannelName,
         p: Publish,
@@ -278,6 +270,22 @@ impl Engine for MemoryEngine {
             h.on_publication(channel.clone(), result.offset, result.epoch.clone(), frame);
         }
         Ok(result)
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    fn set_handler(&self, handler: Arc<dyn EngineHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, channel: &ChannelName, p: Publish, ns: &NamespaceOptions) -> PublishTicket {
+        // All of it happens now, under the shard lock: the order is the call order.
+        Box::pin(std::future::ready(self.publish_now(channel, p, ns)))
     }
 
     async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError> {

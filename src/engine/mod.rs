@@ -7,6 +7,8 @@
 pub mod memory;
 pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -48,6 +50,11 @@ impl Publish {
         }
     }
 }
+
+/// The answer to one [`Engine::publish`], owned (no borrow of the engine or the
+/// arguments), so it can be awaited after later publishes were started.
+pub type PublishTicket =
+    Pin<Box<dyn Future<Output = Result<PublishResult, EngineError>> + Send + 'static>>;
 
 /// Offset and epoch given to a publication.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,12 +124,17 @@ pub trait Engine: Send + Sync + 'static {
     /// used on the channel within `ns.idempotency_window`, does none of that and answers
     /// the first result: the check and the publication are one atomic step, so two
     /// concurrent publishes with one key publish once.
-    async fn publish(
+    ///
+    /// The order is fixed when this is *called*, not when the ticket is first polled:
+    /// successive calls take effect in call order (per channel, offsets in call order), so
+    /// a caller may hold many tickets at once and still publish in order (the session's
+    /// window of pipelined publishes). Dropping a ticket does not cancel the publication.
+    fn publish(
         &self,
         channel: &ChannelName,
         publication: Publish,
         ns: &NamespaceOptions,
-    ) -> Result<PublishResult, EngineError>;
+    ) -> PublishTicket;
 
     /// Delivers a ready push (join/leave) to every node subscribed to the channel.
     async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError>;

@@ -1,8 +1,8 @@
 //! One WebSocket connection after its handshake: the session actor. It parses frames,
 //! enforces the per-connection limits (message size, subscriptions, publish rate,
 //! malformed commands in a row), runs the heartbeat and token expiry, holds the client's
-//! subscriptions (in its outbox), and runs its commands one at a time, in the order they
-//! were sent. Its replies go into the outbox behind the deliveries queued before them: the
+//! subscriptions (in its outbox), and runs its commands in the order they were sent (one
+//! at a time, except a window of publications in flight, answered in order). Its replies go into the outbox behind the deliveries queued before them: the
 //! broker queues deliveries there, already framed, without passing through the actor, and
 //! the connection's response body copies the outbox out between the actor's own frames.
 //!
@@ -25,6 +25,7 @@ mod queries;
 mod queue;
 mod rate;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,6 +71,11 @@ pub struct Session {
     engine_bucket: TokenBucket,
     /// Commands wait here for their turn, so they take effect and are answered in order.
     commands: CommandQueue,
+    /// Replies of the publications in the window, oldest first: `None` until its engine
+    /// answer came. Released from the front only, so replies keep the command order.
+    replies: VecDeque<Option<ByteString>>,
+    /// Publication replies released so far (numbers the window's places).
+    released: usize,
     /// The subscription whose `subscribed` reply (or failure) the queue waits for.
     joining: Option<u64>,
     /// The client's messages, made whole.
@@ -97,6 +103,7 @@ impl Session {
         let commands = CommandQueue::new(
             limits.client_publish_rate as usize + limits.max_subscriptions_per_connection,
             limits.client_publish_rate as usize,
+            publish::PUBLISH_WINDOW,
         );
         Session {
             outbox: Arc::new(Outbox::new(
@@ -115,6 +122,8 @@ impl Session {
             next_sub: 1,
             errors: 0,
             commands,
+            replies: VecDeque::new(),
+            released: 0,
             joining: None,
             incoming: Incoming::new(false),
             expiry: None,

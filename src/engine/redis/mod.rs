@@ -32,13 +32,14 @@
 //!
 //! Files: this one holds the options, the start-up and the [`Engine`] implementation, which
 //! hands each call to the file of its concern: `stream` (publish, push, history, range
-//! reads), `reader` (the pub/sub connection and its task), `ordering` (the per-channel
+//! reads), `lane` (the publisher task sending publications in call order, batched), `reader` (the pub/sub connection and its task), `ordering` (the per-channel
 //! order and gap-filling state machine, without I/O), `presence`, `cluster` (node-to-node
 //! control, liveness and counts, the beat task), `schema` (migrations and the functions called), `keys` (key names)
 //! and `resp` (commands, their errors and reply parsing).
 
 mod cluster;
 mod keys;
+mod lane;
 mod ordering;
 mod presence;
 mod reader;
@@ -55,10 +56,10 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish, PublishResult,
+    Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish, PublishTicket,
 };
 use crate::channel::ChannelName;
 use crate::config::{NamespaceOptions, Settings};
@@ -162,6 +163,8 @@ struct Inner {
     tracks: Tracks,
     /// To the reader task: baselines read by `subscribe_node`.
     events: mpsc::UnboundedSender<Event>,
+    /// To the publisher lane, which sends publications in call order (`lane.rs`).
+    lane: mpsc::UnboundedSender<lane::Job>,
     /// This node's presence entries, refreshed periodically.
     presence: Mutex<LocalPresence>,
     /// The last local subscriber counts handed in, written with each node beat.
@@ -298,6 +301,7 @@ impl RedisEngine {
         }
 
         let (events, events_rx) = mpsc::unbounded_channel();
+        let (lane, lane_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             keys,
@@ -308,6 +312,7 @@ impl RedisEngine {
             sink: Mutex::new(None),
             tracks: Tracks::new(),
             events,
+            lane,
             presence: Mutex::new(LocalPresence::new()),
             local_counts: Mutex::new(Vec::new()),
             opts,
@@ -317,6 +322,7 @@ impl RedisEngine {
             events_rx,
             shutdown_rx.clone(),
         ));
+        tokio::spawn(lane::lane_task(inner.clone(), lane_rx, shutdown_rx.clone()));
         tokio::spawn(cluster::beat_task(inner.clone(), shutdown_rx));
         let engine = Arc::new(RedisEngine { inner, shutdown });
         // Give a reachable Redis a moment so a node usually starts ready.
@@ -357,13 +363,28 @@ impl Engine for RedisEngine {
         self.inner.ready.load(Ordering::Acquire)
     }
 
-    async fn publish(
+    fn publish(
         &self,
         channel: &ChannelName,
         publication: Publish,
         ns: &NamespaceOptions,
-    ) -> Result<PublishResult, EngineError> {
-        stream::publish(&self.inner, channel, publication, ns).await
+    ) -> PublishTicket {
+        // Queued on the lane now, so the call order is the order Redis runs them in.
+        let queued = self.inner.check_ready().and_then(|()| {
+            let cmd = stream::publish_cmd(&self.inner, channel, publication, ns)?;
+            let (reply, answer) = oneshot::channel();
+            self.inner
+                .lane
+                .send(lane::Job { cmd, reply })
+                .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))?;
+            Ok(answer)
+        });
+        Box::pin(async move {
+            let answer = queued?
+                .await
+                .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))??;
+            stream::publish_reply(answer)
+        })
     }
 
     async fn push(&self, channel: &ChannelName, frame: ByteString) -> Result<(), EngineError> {

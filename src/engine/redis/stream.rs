@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use redis::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -58,14 +59,15 @@ fn new_epoch() -> String {
     id[..12].to_string()
 }
 
-/// Publishes through `switchboard_v3_publish`; with an idempotency key (and a window above
-/// 0) the function also checks and records `<p>:idem:{ch}:<key>`, in the same atomic call.
-pub(super) async fn publish(
+/// The `switchboard_v3_publish` call for one publication; with an idempotency key (and a
+/// window above 0) the function also checks and records `<p>:idem:{ch}:<key>`, in the same
+/// atomic call. Built at once, so the publisher lane sends calls in the order they were made.
+pub(super) fn publish_cmd(
     inner: &Inner,
     channel: &ChannelName,
     p: Publish,
     ns: &NamespaceOptions,
-) -> Result<PublishResult, EngineError> {
+) -> Result<redis::Cmd, EngineError> {
     let payload = serde_json::to_string(&StoredRef {
         data: &p.data,
         info: p.info.as_ref(),
@@ -94,8 +96,12 @@ pub(super) async fn publish(
         // At least 1 ms: a window under a millisecond is still a window, not "off".
         cmd.arg(ms(window).max(1));
     }
-    let reply = value_array(inner.fcall(&cmd).await?);
-    let mut items = reply.into_iter();
+    Ok(cmd)
+}
+
+/// Reads the function's answer: offset, epoch, and whether the key was a repeat.
+pub(super) fn publish_reply(reply: Value) -> Result<PublishResult, EngineError> {
+    let mut items = value_array(reply).into_iter();
     match (
         items.next().as_ref().and_then(value_u64),
         items.next().and_then(value_string),
