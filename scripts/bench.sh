@@ -350,6 +350,10 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 nats_version=$(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo "not installed")
 node_version=$(node --version 2>/dev/null || echo "not installed")
 ws_version=$(node -p 'require("./bench/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null || echo "not installed")
+# The "Compression" section is scripts/bench-compression.sh's: kept as it is.
+KEPT=$WORK/compression-section.md
+: >"$KEPT"
+[ -f "$OUT" ] && sed -n '/^<!-- compression:start/,/^<!-- compression:end -->/p' "$OUT" >"$KEPT"
 pinning="server on CPU $SERVER_CPU, load generator on CPU $BENCH_CPU (\`taskset\`)"
 [ "$PINNED" = 1 ] || pinning="not pinned"
 
@@ -548,6 +552,10 @@ What the columns mean:
   in the tables above, less Redis's CPU time (Redis shares the node's core here).
 
 EOF
+  if [ -s "$KEPT" ]; then
+    cat "$KEPT"
+    echo
+  fi
   cat <<EOF
 ## Problems seen in this run
 
