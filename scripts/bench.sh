@@ -5,7 +5,8 @@
 #
 #   scripts/bench.sh            the default matrix (about 6 minutes); writes docs/benchmarks.md
 #   FULL=1 scripts/bench.sh     adds 50000 idle connections (needs a file limit above 50000)
-#   scripts/bench.sh --smoke    one tiny fan-out and idle case per server and two small floods
+#   scripts/bench.sh --smoke    one tiny fan-out and idle case per server (and one compressed
+#                               fan-out for Switchboard) and two small floods
 #                               (scripts/bench-flood.sh --smoke), no document (< 40 s once
 #                               built; uses the debug build unless PROFILE=release)
 #
@@ -208,6 +209,11 @@ for server in $SERVERS; do
   log "=== $server"
   if [ "$SMOKE" = 1 ]; then
     run_case "$server" fanout --subscribers 10 --channels 1 --size 64 --duration 1 --drain 2 --window 16 --strict
+    # permessage-deflate and batched frames through the load generator's inflating reader.
+    if [ "$server" = switchboard ]; then
+      run_case "$server" fanout --subscribers 10 --channels 1 --size 1024 --payload json --compress --batch \
+        --duration 1 --drain 2 --window 16 --strict
+    fi
     run_case "$server" idle --connections 50 --subscribe --settle 0.2 --strict
     continue
   fi

@@ -16,7 +16,7 @@
 //! reset is one field, where the streaming `InflateState` that flate2 wraps zeroes a 32 KiB
 //! window and its tables for every message and copies the output through that window (about
 //! 1.5 µs of the 13 µs a 1 KiB JSON message cost here). The rest is inflating itself, mostly
-//! building each block's Huffman tables: about 11 µs per 1 KiB message and 70 µs per 16 KiB
+//! building each block's Huffman tables: about 10 µs per 1 KiB message and 35 µs per 16 KiB
 //! on this machine, which is why `--inflate shared` exists.
 
 use std::cell::RefCell;
