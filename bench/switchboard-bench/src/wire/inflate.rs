@@ -51,35 +51,46 @@ struct Recent {
     order: VecDeque<u64>,
 }
 
-/// A quick hash to find a message; equality is decided on the bytes.
+/// A quick hash to find a message (its ends alone would not do: a run's messages share
+/// their frame's head and, for a publisher's, its tail). Equality is decided on the bytes.
 fn hash(b: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ b.len() as u64;
-    for c in b.chunks(8) {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w))
-            .wrapping_mul(0x0100_0000_01b3)
-            .rotate_left(29);
+    let mut mix = |w: u64| {
+        h = (h ^ w).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+    };
+    let words = b.chunks_exact(8);
+    let rest = words.remainder();
+    for c in words {
+        mix(u64::from_le_bytes([
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+        ]));
     }
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    mix(u64::from_le_bytes(w));
     h
 }
 
-/// [`inflate_message`], or a copy of what the same compressed bytes inflated to when they
-/// came recently on this thread. True when it inflated (a miss).
-pub fn inflate_message_shared(compressed: &[u8], max: usize, out: &mut Vec<u8>) -> Res<bool> {
+/// Hands `g` the inflated message: what the same compressed bytes inflated to when they
+/// came recently on this thread (no copy), or else the message inflated into `scratch` and
+/// remembered. Also says whether it inflated (a miss).
+pub fn with_shared_inflate<R>(
+    compressed: &[u8],
+    max: usize,
+    scratch: &mut Vec<u8>,
+    g: impl FnOnce(&[u8]) -> R,
+) -> Res<(R, bool)> {
     let h = hash(compressed);
     RECENT.with_borrow_mut(|recent| {
         if let Some((c, inflated)) = recent.by_hash.get(&h) {
             if c == compressed {
-                out.clear();
-                out.extend_from_slice(inflated);
-                return Ok(false);
+                return Ok((g(inflated), false));
             }
         }
-        inflate_message(compressed, max, out)?;
+        inflate_message(compressed, max, scratch)?;
         if recent
             .by_hash
-            .insert(h, (compressed.to_vec(), out.clone()))
+            .insert(h, (compressed.to_vec(), scratch.clone()))
             .is_none()
         {
             recent.order.push_back(h);
@@ -89,7 +100,7 @@ pub fn inflate_message_shared(compressed: &[u8], max: usize, out: &mut Vec<u8>) 
                 }
             }
         }
-        Ok(true)
+        Ok((g(scratch), true))
     })
 }
 
@@ -186,22 +197,27 @@ mod tests {
 
     #[test]
     fn shared_inflate_inflates_each_distinct_message_once() {
+        let mut scratch = Vec::new();
+        let mut shared = |z: &[u8]| {
+            with_shared_inflate(z, 1 << 20, &mut scratch, |m| {
+                String::from_utf8_lossy(m).into_owned()
+            })
+        };
+        // Same length, same first and last 32 bytes of text: told apart by the bytes.
+        let pad = "x".repeat(40);
+        let (ta, tb) = (format!("{pad}first.{pad}"), format!("{pad}other.{pad}"));
         let (a, b) = (
-            deflate_message(b"first message, first"),
-            deflate_message(b"second"),
+            deflate_message(ta.as_bytes()),
+            deflate_message(tb.as_bytes()),
         );
-        let mut out = Vec::new();
-        assert!(inflate_message_shared(&a, 1 << 20, &mut out).unwrap());
-        assert_eq!(out, b"first message, first");
-        assert!(!inflate_message_shared(&a, 1 << 20, &mut out).unwrap());
-        assert_eq!(out, b"first message, first");
-        assert!(inflate_message_shared(&b, 1 << 20, &mut out).unwrap());
-        assert_eq!(out, b"second");
-        assert!(!inflate_message_shared(&a, 1 << 20, &mut out).unwrap());
-        assert_eq!(out, b"first message, first");
+        assert_eq!(shared(&a).unwrap(), (ta.clone(), true));
+        assert_eq!(shared(&a).unwrap(), (ta.clone(), false));
+        assert_eq!(shared(&b).unwrap(), (tb.clone(), true));
+        assert_eq!(shared(&b).unwrap(), (tb, false));
+        assert_eq!(shared(&a).unwrap().0, ta);
         // Bad data is refused every time, never remembered.
-        assert!(inflate_message_shared(&[0x07, 0x00], 1 << 20, &mut out).is_err());
-        assert!(inflate_message_shared(&[0x07, 0x00], 1 << 20, &mut out).is_err());
+        assert!(shared(&[0x07, 0x00]).is_err());
+        assert!(shared(&[0x07, 0x00]).is_err());
     }
 
     #[test]

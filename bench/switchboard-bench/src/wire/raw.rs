@@ -4,7 +4,7 @@
 //! generator, not the server, the limit above about 3 M deliveries/s, and tungstenite has no
 //! permessage-deflate. Compressed messages (RSV1, RFC 7692) are inflated with `super::inflate`.
 
-use super::inflate::{inflate_message, inflate_message_shared};
+use super::inflate::{inflate_message, with_shared_inflate};
 use crate::cli::MAX_SIZE;
 use crate::Res;
 
@@ -144,21 +144,16 @@ impl RawReader {
             self.start += head + len;
             let go_on = match (op, fin) {
                 (0x1 | 0x2, true) => {
-                    let msg = if rsv1 {
-                        self.counts.inflated +=
-                            u64::from(inflate(self.shared_inflate, payload, &mut self.inflated)?);
-                        &self.inflated[..]
-                    } else {
-                        payload
-                    };
-                    self.counts.messages += 1;
-                    self.counts.compressed += u64::from(rsv1);
-                    self.counts.bytes += msg.len() as u64;
-                    if op == 0x1 {
-                        f(RawEvent::Text(msg))
-                    } else {
-                        f(RawEvent::Binary(msg))
-                    }
+                    let (shared, counts) = (self.shared_inflate, &mut self.counts);
+                    message(
+                        op,
+                        rsv1,
+                        payload,
+                        shared,
+                        &mut self.inflated,
+                        counts,
+                        &mut f,
+                    )?
                 }
                 (0x1 | 0x2, false) => {
                     self.fragment_op = op;
@@ -174,24 +169,15 @@ impl RawReader {
                     }
                     if fin {
                         let whole = std::mem::take(&mut self.fragments);
-                        let msg = if self.fragment_compressed {
-                            self.counts.inflated += u64::from(inflate(
-                                self.shared_inflate,
-                                &whole,
-                                &mut self.inflated,
-                            )?);
-                            &self.inflated[..]
-                        } else {
-                            &whole[..]
-                        };
-                        self.counts.messages += 1;
-                        self.counts.compressed += u64::from(self.fragment_compressed);
-                        self.counts.bytes += msg.len() as u64;
-                        let go_on = if self.fragment_op == 0x1 {
-                            f(RawEvent::Text(msg))
-                        } else {
-                            f(RawEvent::Binary(msg))
-                        };
+                        let go_on = message(
+                            self.fragment_op,
+                            self.fragment_compressed,
+                            &whole,
+                            self.shared_inflate,
+                            &mut self.inflated,
+                            &mut self.counts,
+                            &mut f,
+                        )?;
                         self.fragments = whole;
                         go_on
                     } else {
@@ -227,13 +213,38 @@ impl RawReader {
     }
 }
 
-/// Inflates one message, or copies it when `shared` and it came before; true when inflated.
-fn inflate(shared: bool, compressed: &[u8], out: &mut Vec<u8>) -> Res<bool> {
-    if shared {
-        inflate_message_shared(compressed, MAX_MESSAGE, out)
+/// Hands one whole data message to `f` (inflated first when `compressed`, through the
+/// per-thread memory of recent messages when `shared`) and counts it.
+fn message(
+    op: u8,
+    compressed: bool,
+    data: &[u8],
+    shared: bool,
+    scratch: &mut Vec<u8>,
+    counts: &mut MessageCounts,
+    f: &mut impl FnMut(RawEvent<'_>) -> bool,
+) -> Res<bool> {
+    counts.messages += 1;
+    counts.compressed += u64::from(compressed);
+    let mut call = |msg: &[u8]| {
+        let ev = if op == 0x1 {
+            RawEvent::Text(msg)
+        } else {
+            RawEvent::Binary(msg)
+        };
+        (f(ev), msg.len() as u64)
+    };
+    let ((go_on, len), inflated) = if !compressed {
+        (call(data), false)
+    } else if shared {
+        with_shared_inflate(data, MAX_MESSAGE, scratch, call)?
     } else {
-        inflate_message(compressed, MAX_MESSAGE, out).map(|()| true)
-    }
+        inflate_message(data, MAX_MESSAGE, scratch)?;
+        (call(scratch), true)
+    };
+    counts.bytes += len;
+    counts.inflated += u64::from(inflated);
+    Ok(go_on)
 }
 
 /// A masked client frame (RFC 6455 5.3; the key need not be secret towards our own server).
