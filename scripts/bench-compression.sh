@@ -5,17 +5,18 @@
 # with pseudo-random values). Writes the "Compression" section of docs/benchmarks.md and keeps
 # the rest of that file as it is (scripts/bench.sh, which rewrites the file, keeps this section).
 #
-#   scripts/bench-compression.sh          about 3 minutes once built:
+#   scripts/bench-compression.sh          about 4 minutes once built:
+#     fanout   deliveries/s at 1 KiB JSON, 100 and 1000 subscribers on one channel, off and on
+#              (`--inflate shared`: the load generator inflates identical compressed messages
+#              once, so that its one core is not what limits a compressed run); first, as the
+#              cases most disturbed by other work on the machine
 #     bytes    bytes read off the socket per delivery, 64 B / 1 KiB / 16 KiB JSON, off and on
 #              (latency runs: 20 subscribers, 100 publications/s, so every delivery is a
 #              message of its own)
-#     fanout   deliveries/s at 1 KiB JSON, 100 and 1000 subscribers on one channel, off and on
-#              (`--inflate shared`: the load generator inflates identical compressed messages
-#              once, so that its one core is not what limits a compressed run)
 #     idle     server memory per idle subscribed connection, 10000 connections, off and on
 #
 # Environment: SERVERS="switchboard nats" (a subset to run), CASES="bytes fanout idle",
-# QUIET_WAIT=10 / QUIET_BUDGET=60 (seconds to wait for the server's core to be idle before a
+# QUIET_WAIT=20 / QUIET_BUDGET=120 (seconds to wait for the server's core to be idle before a
 # case / in all),
 # DURATION=8 (seconds per fan-out case), BYTES_DURATION=3, IDLE=10000 (connections),
 # PROFILE=release|debug, OUT=docs/benchmarks.md (NONE: write no document), SERVER_CPU=0,
@@ -162,8 +163,8 @@ busy_pct() {
 # On a machine shared with other work, wait (up to QUIET_WAIT seconds per case, QUIET_BUDGET
 # in all) for the server's core to be quiet before a case; the "other load" column still
 # says what happened during it.
-QUIET_WAIT=${QUIET_WAIT:-10}
-QUIET_BUDGET=${QUIET_BUDGET:-60}
+QUIET_WAIT=${QUIET_WAIT:-20}
+QUIET_BUDGET=${QUIET_BUDGET:-120}
 QUIET_SPENT=0
 wait_quiet() {
   [ "$PINNED" = 1 ] || return 0
@@ -212,18 +213,6 @@ RUN_SERVERS=()
 for server in $SERVERS; do
   if available "$server"; then RUN_SERVERS+=("$server"); else echo "$server: skipped (not available)" >>"$PROBLEMS"; fi
 done
-if has_case bytes; then
-  for size in 64 1024 16384; do
-    for server in "${RUN_SERVERS[@]}"; do
-      for compress in "" --compress; do
-        log "=== bytes: $server ${size} B JSON ${compress:-(plain)}"
-        # 100 publications/s: each delivery goes out as a message of its own.
-        run_case "$server" latency --subscribers 20 --channels 1 --size "$size" --payload json \
-          --rate 100 --duration "$BYTES_DURATION" --window 1000 --drain 3 $compress
-      done
-    done
-  done
-fi
 if has_case fanout; then
   # The 1024 B cases of scripts/bench.sh's fan-out matrix, with JSON payloads.
   for subs in 100 1000; do
@@ -232,6 +221,18 @@ if has_case fanout; then
         log "=== fanout: $server $subs subscribers ${compress:-(plain)}"
         run_case "$server" fanout --subscribers "$subs" --channels 1 --size 1024 --payload json \
           --duration "$DURATION" --window 64 --inflate shared $compress
+      done
+    done
+  done
+fi
+if has_case bytes; then
+  for size in 64 1024 16384; do
+    for server in "${RUN_SERVERS[@]}"; do
+      for compress in "" --compress; do
+        log "=== bytes: $server ${size} B JSON ${compress:-(plain)}"
+        # 100 publications/s: each delivery goes out as a message of its own.
+        run_case "$server" latency --subscribers 20 --channels 1 --size "$size" --payload json \
+          --rate 100 --duration "$BYTES_DURATION" --window 1000 --drain 3 $compress
       done
     done
   done
@@ -337,7 +338,8 @@ EOF
   fi
   cat <<'EOF'
 
-Repeating (about 3 minutes once built; rewrites this section only):
+Repeating (about 4 minutes once built, more while other work keeps the server's core busy;
+rewrites this section only):
 
 ```sh
 scripts/bench-compression.sh
