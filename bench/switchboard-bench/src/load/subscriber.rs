@@ -106,8 +106,12 @@ impl SeqCheck {
 /// never puts a raw newline inside a frame of a batching connection).
 fn sb_text(t: &[u8], batch: bool, check: &mut SeqCheck, shared: &Shared) {
     if batch {
-        for frame in t.split(|&b| b == b'\n').filter(|f| !f.is_empty()) {
-            sb_frame(frame, check, shared);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', t).chain([t.len()]) {
+            if end > start {
+                sb_frame(&t[start..end], check, shared);
+            }
+            start = end + 1;
         }
     } else {
         sb_frame(t, check, shared);
