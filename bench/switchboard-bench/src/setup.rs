@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::cli::Protocol;
 use crate::net::{into_ws, open, Endpoint, Link, Ws};
 use crate::wire::nats::{nats_frame, NatsEvent, NatsParser, NATS_CONNECT};
-use crate::wire::raw::{client_frame, RawEvent, RawReader};
+use crate::wire::raw::{client_frame, RawEvent, RawReader, SUBSCRIBER_BUF};
 use crate::wire::switchboard::sb_type;
 use crate::Res;
 
@@ -74,9 +74,8 @@ impl Conn {
         match self {
             Conn::Ws(ws) => (ws.into_inner(), RawReader::new(deflate)),
             Conn::Raw { stream, mut reader } => {
-                let want = RawReader::new(false).buf.len();
-                if reader.buf.len() < want {
-                    reader.buf.resize(want, 0);
+                if reader.buf.len() < SUBSCRIBER_BUF {
+                    reader.buf.resize(SUBSCRIBER_BUF, 0);
                 }
                 (stream, reader)
             }

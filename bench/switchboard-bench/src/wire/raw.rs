@@ -8,6 +8,9 @@ use super::inflate::{inflate_message, with_shared_inflate};
 use crate::cli::MAX_SIZE;
 use crate::Res;
 
+/// A subscriber's read buffer: room for many deliveries per read.
+pub const SUBSCRIBER_BUF: usize = 256 * 1024;
+
 /// The largest message (inflated) or frame the reader accepts.
 const MAX_MESSAGE: usize = MAX_SIZE * 4;
 
@@ -52,7 +55,7 @@ pub enum RawEvent<'a> {
 impl RawReader {
     /// A reader for a subscriber: room for many deliveries per read.
     pub fn new(deflate: bool) -> Self {
-        Self::with_capacity(256 * 1024, deflate)
+        Self::with_capacity(SUBSCRIBER_BUF, deflate)
     }
 
     /// A reader with `cap` bytes of buffer (it grows for a frame that does not fit).
