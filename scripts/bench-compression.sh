@@ -5,11 +5,11 @@
 # with pseudo-random values). Writes the "Compression" section of docs/benchmarks.md and keeps
 # the rest of that file as it is (scripts/bench.sh, which rewrites the file, keeps this section).
 #
-#   scripts/bench-compression.sh          about 4 minutes once built:
+#   scripts/bench-compression.sh          about 5 minutes once built:
 #     fanout   deliveries/s at 1 KiB JSON, 100 and 1000 subscribers on one channel, off and on
 #              (`--inflate shared`: the load generator inflates identical compressed messages
-#              once, so that its one core is not what limits a compressed run); first, as the
-#              cases most disturbed by other work on the machine
+#              once, so that its one core is not what limits a compressed run); REPEAT rounds,
+#              first, as the cases most disturbed by other work on the machine
 #     bytes    bytes read off the socket per delivery, 64 B / 1 KiB / 16 KiB JSON, off and on
 #              (latency runs: 20 subscribers, 100 publications/s, so every delivery is a
 #              message of its own)
@@ -18,7 +18,7 @@
 # Environment: SERVERS="switchboard nats" (a subset to run), CASES="bytes fanout idle",
 # QUIET_WAIT=20 / QUIET_BUDGET=120 (seconds to wait for the server's core to be idle before a
 # case / in all),
-# DURATION=8 (seconds per fan-out case), BYTES_DURATION=3, IDLE=10000 (connections),
+# DURATION=5 (seconds per fan-out run), REPEAT=3 (runs of each fan-out case), BYTES_DURATION=3, IDLE=10000 (connections),
 # PROFILE=release|debug, OUT=docs/benchmarks.md (NONE: write no document), SERVER_CPU=0,
 # BENCH_CPU=1. The server runs pinned to SERVER_CPU (one worker; nats-server with
 # GOMAXPROCS=1) and the load generator to BENCH_CPU, as in scripts/bench.sh, when the machine
@@ -30,7 +30,8 @@ ROOT=$PWD
 [ $# = 0 ] || { echo "usage: $0   (env: SERVERS CASES DURATION BYTES_DURATION IDLE PROFILE OUT)" >&2; exit 2; }
 SERVERS=${SERVERS:-"switchboard nats"}
 CASES=${CASES:-"bytes fanout idle"}
-DURATION=${DURATION:-8}
+DURATION=${DURATION:-5}
+REPEAT=${REPEAT:-3}
 BYTES_DURATION=${BYTES_DURATION:-3}
 IDLE=${IDLE:-10000}
 PROFILE=${PROFILE:-release}
@@ -214,13 +215,17 @@ for server in $SERVERS; do
   if available "$server"; then RUN_SERVERS+=("$server"); else echo "$server: skipped (not available)" >>"$PROBLEMS"; fi
 done
 if has_case fanout; then
-  # The 1024 B cases of scripts/bench.sh's fan-out matrix, with JSON payloads.
-  for subs in 100 1000; do
-    for server in "${RUN_SERVERS[@]}"; do
-      for compress in "" --compress; do
-        log "=== fanout: $server $subs subscribers ${compress:-(plain)}"
-        run_case "$server" fanout --subscribers "$subs" --channels 1 --size 1024 --payload json \
-          --duration "$DURATION" --window 64 --inflate shared $compress
+  # The 1024 B cases of scripts/bench.sh's fan-out matrix, with JSON payloads; REPEAT rounds,
+  # interleaved, so that a burst of other work on the machine spoils one run of a case, not
+  # all (the report takes the run with the least other load on the server's core).
+  for ((round = 1; round <= REPEAT; round++)); do
+    for subs in 100 1000; do
+      for server in "${RUN_SERVERS[@]}"; do
+        for compress in "" --compress; do
+          log "=== fanout $round/$REPEAT: $server $subs subscribers ${compress:-(plain)}"
+          run_case "$server" fanout --subscribers "$subs" --channels 1 --size 1024 --payload json \
+            --duration "$DURATION" --window 64 --inflate shared $compress
+        done
       done
     done
   done
@@ -296,6 +301,8 @@ prices and timestamps drawn from a pseudo-random sequence) and a line of words t
 size exactly (bench/switchboard-bench/src/wire/json.rs). Each publication is one message of
 its own to each subscriber in the bytes cases (100 publications/s); in the fan-out cases
 nats-server puts several \`MSG\`s in one WebSocket message (and compresses them together).
+Each fan-out case ran $REPEAT times for ${DURATION} s, the cases interleaved; its row is the run
+whose server core had the least other load, the last column lists every run.
 How much deflate saves depends on the payload: this one's 1 KiB message (Switchboard's
 \`message\` frame around it) came out 2.0× smaller at level 3 and still 2.0× at level 9 when
 checked with flate2 outside this script, while the records of src/deflate's own test (shorter
@@ -338,7 +345,7 @@ EOF
   fi
   cat <<'EOF'
 
-Repeating (about 4 minutes once built, more while other work keeps the server's core busy;
+Repeating (about 5 minutes once built, more while other work keeps the server's core busy;
 rewrites this section only):
 
 ```sh

@@ -148,23 +148,63 @@ pub fn compression(files: &[PathBuf], reference: &str, server: &str) -> Res<()> 
     }
 
     // Fan-out.
-    let fanout = json_rows("fanout");
+    // A case run several times (scripts/bench-compression.sh repeats the fan-out cases on a
+    // machine shared with other work): the run whose server core had the least other load
+    // stands for it, and the others' figures are listed beside it.
+    let all_fanout = json_rows("fanout");
+    let other = |v: &Value| num(v, "server_core_other_pct").unwrap_or(0.0);
+    let mut fanout: Vec<&Value> = Vec::new();
+    let mut all_runs: Vec<String> = Vec::new();
+    for r in &all_fanout {
+        let same = |x: &Value| {
+            s(x, "label") == s(r, "label")
+                && case_key_opt(x, false) == case_key_opt(r, false)
+                && compressed(x) == compressed(r)
+        };
+        if fanout.iter().any(|x| same(x)) {
+            continue;
+        }
+        let group: Vec<&Value> = all_fanout.iter().copied().filter(|x| same(x)).collect();
+        let best = group
+            .iter()
+            .copied()
+            .min_by(|a, b| other(a).total_cmp(&other(b)))
+            .unwrap_or(r);
+        fanout.push(best);
+        all_runs.push(
+            group
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} ({})",
+                        fmt_rate(num(g, "delivered_per_s")),
+                        fmt_pct(num(g, "server_core_other_pct"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     if !fanout.is_empty() {
         outln!("### Fan-out with every subscriber compressed\n");
-        outln!("| case | server | compression | deliveries/s | × same server, off | × {reference}, deflate | p50 ms | p99 ms | B per delivery on the wire | server CPU | bench CPU | bench CPU µs per delivery | other load | lost |");
-        outln!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        outln!("| case | server | compression | deliveries/s | × same server, off | × {reference}, deflate | p50 ms | p99 ms | B per delivery on the wire | server CPU | bench CPU | bench CPU µs per delivery | other load | lost | every run: deliveries/s (other load) |");
+        outln!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
         let keys = distinct(&fanout, |r| case_key_opt(r, false));
         for key in &keys {
             let rate = |label: &str, deflate: bool| {
                 pick(&fanout, label, key, deflate).and_then(|r| num(&r, "delivered_per_s"))
             };
             let ref_on = rate(reference, true);
-            for r in fanout.iter().filter(|r| case_key_opt(r, false) == *key) {
+            for (r, runs) in fanout
+                .iter()
+                .zip(&all_runs)
+                .filter(|(r, _)| case_key_opt(r, false) == *key)
+            {
                 let label = s(r, "label");
                 let d = num(r, "delivered_per_s");
                 let plain = rate(label, false);
                 outln!(
-                    "| {key} | {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {key} | {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {runs} |",
                     on_off(r),
                     fmt_rate(d),
                     if compressed(r) {
