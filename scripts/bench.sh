@@ -5,7 +5,8 @@
 #
 #   scripts/bench.sh            the default matrix (about 6 minutes); writes docs/benchmarks.md
 #   FULL=1 scripts/bench.sh     adds 50000 idle connections (needs a file limit above 50000)
-#   scripts/bench.sh --smoke    one tiny fan-out and idle case per server and two small floods
+#   scripts/bench.sh --smoke    one tiny fan-out and idle case per server (and one compressed
+#                               fan-out for Switchboard) and two small floods
 #                               (scripts/bench-flood.sh --smoke), no document (< 40 s once
 #                               built; uses the debug build unless PROFILE=release)
 #
@@ -208,6 +209,11 @@ for server in $SERVERS; do
   log "=== $server"
   if [ "$SMOKE" = 1 ]; then
     run_case "$server" fanout --subscribers 10 --channels 1 --size 64 --duration 1 --drain 2 --window 16 --strict
+    # permessage-deflate and batched frames through the load generator's inflating reader.
+    if [ "$server" = switchboard ]; then
+      run_case "$server" fanout --subscribers 10 --channels 1 --size 1024 --payload json --compress --batch \
+        --duration 1 --drain 2 --window 16 --strict
+    fi
     run_case "$server" idle --connections 50 --subscribe --settle 0.2 --strict
     continue
   fi
@@ -350,6 +356,10 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 nats_version=$(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo "not installed")
 node_version=$(node --version 2>/dev/null || echo "not installed")
 ws_version=$(node -p 'require("./bench/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null || echo "not installed")
+# The "Compression" section is scripts/bench-compression.sh's: kept as it is.
+KEPT=$WORK/compression-section.md
+: >"$KEPT"
+[ -f "$OUT" ] && sed -n '/^<!-- compression:start/,/^<!-- compression:end -->/p' "$OUT" >"$KEPT"
 pinning="server on CPU $SERVER_CPU, load generator on CPU $BENCH_CPU (\`taskset\`)"
 [ "$PINNED" = 1 ] || pinning="not pinned"
 
@@ -548,6 +558,10 @@ What the columns mean:
   in the tables above, less Redis's CPU time (Redis shares the node's core here).
 
 EOF
+  if [ -s "$KEPT" ]; then
+    cat "$KEPT"
+    echo
+  fi
   cat <<EOF
 ## Problems seen in this run
 

@@ -60,6 +60,18 @@ pub enum Cmd {
         #[arg(long, default_value = "switchboard")]
         server: String,
     },
+    /// The "Compression" section's tables (bytes per delivery, fan-out and idle memory with
+    /// and without permessage-deflate, issue 12's targets) from the JSON lines of one run.
+    Compression {
+        /// Files with one JSON object a line (other lines are skipped).
+        files: Vec<PathBuf>,
+        /// Label of the peer the compressed fan-out is compared with.
+        #[arg(long, default_value = "nats")]
+        reference: String,
+        /// Label of the server under test.
+        #[arg(long, default_value = "switchboard")]
+        server: String,
+    },
     /// One line per run that lost deliveries, dropped connections or failed.
     Problems {
         /// Files with one JSON object a line (other lines are skipped).
@@ -116,6 +128,40 @@ pub struct TargetArgs {
     /// WebSocket handshakes in progress at once.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Offer permessage-deflate (RFC 7692, no context takeover either way) on the
+    /// subscribers' and idle connections, and fail unless the server accepts it; compressed
+    /// messages are inflated as they arrive. The publisher's connection stays plain.
+    #[arg(long)]
+    pub compress: bool,
+    /// Switchboard only: subscribers and idle connections ask for batched frames
+    /// (`?batch=true` on the URL) and split each text message into its lines. The
+    /// publisher's connection does not ask.
+    #[arg(long)]
+    pub batch: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Inflate {
+    Each,
+    Shared,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum PayloadKind {
+    /// `t=<ns> s=<seq> xxxx…`: the stamp, then padding.
+    Stamp,
+    /// A JSON object of order records with pseudo-random values (compresses as real JSON
+    /// does), its first field the stamp.
+    Json,
+}
+
+impl PayloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadKind::Stamp => "stamp",
+            PayloadKind::Json => "json",
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -131,6 +177,16 @@ pub struct LoadArgs {
     /// Payload bytes per publication.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// What the payload looks like.
+    #[arg(long, value_enum, default_value_t = PayloadKind::Stamp)]
+    pub payload: PayloadKind,
+    /// With --compress: `each` inflates every compressed message (what a client pays);
+    /// `shared` inflates a message whose compressed bytes equal those of one met recently
+    /// on the same thread only once, and copies it for the others (one inflate per
+    /// publication where the server sends the same compressed bytes to every subscriber),
+    /// so that the load generator's one core can keep up with a server's fan-out.
+    #[arg(long, value_enum, default_value_t = Inflate::Each)]
+    pub inflate: Inflate,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -281,6 +337,9 @@ pub fn validate_flood(a: &FloodArgs) -> Res<()> {
     if a.target.protocol != Protocol::Switchboard {
         return Err("flood speaks Switchboard's protocol only".into());
     }
+    if a.target.compress || a.target.batch {
+        return Err("flood takes neither --compress nor --batch".into());
+    }
     Ok(())
 }
 
@@ -291,7 +350,19 @@ pub fn check_target(t: &TargetArgs) -> Res<Endpoint> {
     if t.connect_concurrency == 0 || t.connect_concurrency > 10_000 {
         return Err("--connect-concurrency must be in 1..=10000".into());
     }
+    if t.batch && t.protocol != Protocol::Switchboard {
+        return Err("--batch is Switchboard's (?batch=true); NATS has no such option".into());
+    }
     resolve(&t.url)
+}
+
+/// `url` asking for batched frames: `?batch=true`, or `&batch=true` after a query.
+pub fn with_batch(url: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&batch=true")
+    } else {
+        format!("{url}?batch=true")
+    }
 }
 
 pub fn validate_load(a: &LoadArgs, rate: Option<f64>) -> Res<()> {
@@ -303,6 +374,11 @@ pub fn validate_load(a: &LoadArgs, rate: Option<f64>) -> Res<()> {
     }
     if a.size < MIN_SIZE || a.size > MAX_SIZE {
         return Err(format!("--size must be in {MIN_SIZE}..={MAX_SIZE}").into());
+    }
+    if a.payload == PayloadKind::Json && a.size < 64 {
+        return Err(
+            "--payload json needs --size 64 or more (the stamp alone takes about 40)".into(),
+        );
     }
     if !(a.duration > 0.0 && a.duration <= MAX_DURATION_S) {
         return Err(format!("--duration must be in (0, {MAX_DURATION_S}]").into());

@@ -1,6 +1,8 @@
 //! `idle`: N connections (each optionally subscribed to a channel of its own) held open and
 //! idle, to measure the server's resident memory per connection. Spreads the connections
-//! over several 127.0.0.x source addresses when one would run out of ephemeral ports.
+//! over several 127.0.0.x source addresses when one would run out of ephemeral ports. With
+//! `--compress` every connection has negotiated permessage-deflate (the set-up fails
+//! otherwise), to see what the extension costs a connection that does nothing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,11 +15,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::{check_target, label, IdleArgs, MAX_CONNECTIONS};
-use crate::net::{Endpoint, Ws};
+use crate::cli::{check_target, label, with_batch, IdleArgs, MAX_CONNECTIONS};
+use crate::net::{resolve, Endpoint, Ws};
 use crate::os::{raise_nofile, sample_server, self_cpu};
 use crate::report::round;
-use crate::setup::{count_ready, describe_close, setup_conn};
+use crate::setup::{count_ready, describe_close, setup_conn, ConnOpts};
 use crate::wire::nats::{nats_frame, NatsEvent, NatsParser};
 use crate::Res;
 
@@ -54,7 +56,10 @@ pub async fn hold(mut ws: Ws, mut parser: NatsParser, mut stop: watch::Receiver<
 }
 
 pub async fn idle(args: IdleArgs) -> Res<bool> {
-    let ep = check_target(&args.target)?;
+    let mut ep = check_target(&args.target)?;
+    if args.target.batch {
+        ep = resolve(&with_batch(&ep.url))?;
+    }
     if args.connections == 0 || args.connections > MAX_CONNECTIONS {
         return Err(format!("--connections must be in 1..={MAX_CONNECTIONS}").into());
     }
@@ -96,6 +101,11 @@ pub async fn idle_inner(args: IdleArgs, ep: Endpoint) -> Res<bool> {
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<String>();
     let gate = Arc::new(Semaphore::new(args.target.connect_concurrency));
     let tag = std::process::id();
+    let opts = ConnOpts {
+        compress: args.target.compress,
+        batch: args.target.batch,
+        big: false,
+    };
     for i in 0..n {
         let (ep, gate, stop_rx) = (ep.clone(), gate.clone(), stop_rx.clone());
         let (ready_tx, end_tx) = (ready_tx.clone(), end_tx.clone());
@@ -104,12 +114,13 @@ pub async fn idle_inner(args: IdleArgs, ep: Endpoint) -> Res<bool> {
         let channel = args.subscribe.then(|| format!("idle.{tag}.{i}"));
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let conn = setup_conn(&ep, proto, channel.as_deref(), source, false, deadline).await;
+            let conn = setup_conn(&ep, proto, channel.as_deref(), source, opts, deadline).await;
             drop(permit);
             match conn {
-                Ok((ws, parser)) => {
+                Ok((conn, parser)) => {
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
+                    let ws = conn.into_ws(false).await;
                     let why = hold(ws, parser, stop_rx).await;
                     if !why.is_empty() {
                         let _ = end_tx.send(why);
@@ -143,8 +154,10 @@ pub async fn idle_inner(args: IdleArgs, ep: Endpoint) -> Res<bool> {
     let client_cpu = cpu_after - cpu_before;
     let ok = failed == 0 && dropped.is_empty();
     let mut human = format!(
-        "[{label}] idle connections={n} subscribe={}: {held} held, {failed} failed, connected in {connect_s:.2} s",
-        args.subscribe
+        "[{label}] idle connections={n} subscribe={}{}{}: {held} held, {failed} failed, connected in {connect_s:.2} s",
+        args.subscribe,
+        if args.target.compress { " compress" } else { "" },
+        if args.target.batch { " batch" } else { "" },
     );
     if let (Some(a), Some(b), Some(k)) = (server_before, server_after, per_conn) {
         let _ = write!(
@@ -170,6 +183,8 @@ pub async fn idle_inner(args: IdleArgs, ep: Endpoint) -> Res<bool> {
         "url": args.target.url,
         "connections": n,
         "subscribe": args.subscribe,
+        "compress": args.target.compress,
+        "batch": args.target.batch,
         "held": held,
         "failed": failed,
         "first_error": first_error,

@@ -13,7 +13,12 @@
 //!   connection pipelines N `history` (or `presence`) commands on distinct unknown channels;
 //!   reports the victims' publish round trip, what the flood got back (by kind), and with
 //!   `--redis` the keys the run left in the engine's Redis.
-//! - `table`, `targets`, `problems`: turn the JSON lines of earlier runs into Markdown.
+//! - `table`, `targets`, `compression`, `problems`: turn the JSON lines of earlier runs into
+//!   Markdown.
+//!
+//! `--compress` offers permessage-deflate (RFC 7692) on the subscribers' and idle
+//! connections and inflates what comes compressed; `--payload json` publishes realistic JSON
+//! records; `--batch` asks Switchboard for several frames per message (`?batch=true`).
 //! - `free-port`: prints a free TCP port on 127.0.0.1.
 //!
 //! Every run is bounded in time and in count, and only loopback targets (127.0.0.0/8, ::1)
@@ -26,6 +31,9 @@
 //! rlimits, CPU time) measure; `report` writes the JSON record's units and turns records into
 //! tables.
 //! `scripts/bench.sh` runs the matrix; `scripts/bench-flood.sh` the flood cases.
+
+// The fan-out run's JSON record (`load`) has more fields than `json!`'s default depth allows.
+#![recursion_limit = "256"]
 
 use std::process::ExitCode;
 
@@ -54,7 +62,7 @@ use cli::{Cli, Cmd};
 use flood::flood;
 use idle::idle;
 use load::load;
-use report::{problems, table, targets};
+use report::{compression, problems, table, targets};
 
 /// One boxed error for the whole tool: every failure ends the run with its message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -78,6 +86,20 @@ fn main() -> ExitCode {
     } = &cli.cmd
     {
         return match targets(files, reference, server) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchboard-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Cmd::Compression {
+        files,
+        reference,
+        server,
+    } = &cli.cmd
+    {
+        return match compression(files, reference, server) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchboard-bench: {e}");
@@ -126,7 +148,11 @@ fn main() -> ExitCode {
             Cmd::Latency(a) => load(a.load, Some(a.rate)).await,
             Cmd::Idle(a) => idle(a).await,
             Cmd::Flood(a) => flood(a).await,
-            Cmd::Table { .. } | Cmd::Targets { .. } | Cmd::Problems { .. } | Cmd::FreePort => {
+            Cmd::Table { .. }
+            | Cmd::Targets { .. }
+            | Cmd::Compression { .. }
+            | Cmd::Problems { .. }
+            | Cmd::FreePort => {
                 unreachable!()
             }
         }

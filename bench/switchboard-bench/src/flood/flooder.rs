@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::{FloodCommand, Protocol};
 use crate::net::{Endpoint, Ws};
-use crate::setup::{describe_close, setup_conn};
+use crate::setup::{describe_close, setup_conn, ConnOpts};
 use crate::wire::switchboard::{sb_error_code, sb_type};
 use crate::Res;
 
@@ -86,10 +86,17 @@ pub fn spawn_flooder(plan: FloodPlan, done: Arc<AtomicBool>) -> Res<Flooder> {
             };
             rt.block_on(async move {
                 let deadline = tokio::time::Instant::now() + plan.setup_timeout;
-                let conn =
-                    setup_conn(&plan.ep, Protocol::Switchboard, None, None, true, deadline).await;
+                let conn = setup_conn(
+                    &plan.ep,
+                    Protocol::Switchboard,
+                    None,
+                    None,
+                    ConnOpts::PLAIN,
+                    deadline,
+                )
+                .await;
                 let ws = match conn {
-                    Ok((ws, _)) => ws,
+                    Ok((conn, _)) => conn.into_ws(true).await,
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("flooder: {e}")));
                         return;

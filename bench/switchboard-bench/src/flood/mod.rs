@@ -23,7 +23,7 @@ use crate::histogram::Histogram;
 use crate::net::Endpoint;
 use crate::os::{core_times, other_load, proc_sample, raise_nofile, sample_server, self_cpu};
 use crate::report::{fmt_ms, ms, round};
-use crate::setup::setup_conn;
+use crate::setup::{setup_conn, ConnOpts};
 use crate::Res;
 use flooder::{spawn_flooder, FloodPlan, FloodResult};
 use victim::{run_victim, Schedule, VictimResult};
@@ -111,10 +111,17 @@ async fn flood_inner(args: FloodArgs, ep: Endpoint, redis: Option<SocketAddr>) -
     let deadline = tokio::time::Instant::now() + setup_timeout;
     let mut victims = Vec::with_capacity(args.victims);
     for k in 0..args.victims {
-        let (ws, _) = setup_conn(&ep, Protocol::Switchboard, None, None, true, deadline)
-            .await
-            .map_err(|e| format!("victim {k}: {e}"))?;
-        victims.push(ws);
+        let (ws, _) = setup_conn(
+            &ep,
+            Protocol::Switchboard,
+            None,
+            None,
+            ConnOpts::PLAIN,
+            deadline,
+        )
+        .await
+        .map_err(|e| format!("victim {k}: {e}"))?;
+        victims.push(ws.into_ws(true).await);
     }
     let (go, mut result_rx) = match flooder {
         Some(f) => {

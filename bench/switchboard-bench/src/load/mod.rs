@@ -3,10 +3,9 @@
 //! a time), samples the server and this process around the publisher's run, and writes the
 //! human line and the JSON record. The two sides are `subscriber` and `publisher`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -17,12 +16,11 @@ use tokio::time::timeout_at;
 mod publisher;
 mod subscriber;
 
-use crate::cli::{check_target, label, validate_load, LoadArgs};
-use crate::histogram::Histogram;
+use crate::cli::{check_target, label, validate_load, with_batch, Inflate, LoadArgs, PayloadKind};
 use crate::net::{resolve, Endpoint};
 use crate::os::{core_times, other_load, raise_nofile, sample_server, self_cpu};
 use crate::report::{fmt_ms, ms, round};
-use crate::setup::{count_ready, setup_conn};
+use crate::setup::{count_ready, setup_conn, ConnOpts};
 use crate::Res;
 use publisher::run_publisher;
 use subscriber::{run_subscriber, Shared};
@@ -43,18 +41,7 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
     let ep = Arc::new(ep);
     let proto = args.target.protocol;
     raise_nofile(args.subscribers as u64 + 64)?;
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        hist: Histogram::new(),
-        received: AtomicU64::new(0),
-        wake_at: AtomicU64::new(u64::MAX),
-        wake: tokio::sync::Notify::new(),
-        gaps: AtomicU64::new(0),
-        dups: AtomicU64::new(0),
-        unparsed: AtomicU64::new(0),
-        error_frames: AtomicU64::new(0),
-        ended: Mutex::new(BTreeMap::new()),
-    });
+    let shared = Arc::new(Shared::new());
     let run_id = format!(
         "{}{}",
         std::process::id(),
@@ -65,13 +52,28 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
             .map(|c| format!("bench.{run_id}.{c}"))
             .collect(),
     );
+    let sub_url = |u: &str| {
+        let u = u.trim();
+        if args.target.batch {
+            resolve(&with_batch(u))
+        } else {
+            resolve(u)
+        }
+    };
     let sub_eps: Vec<Arc<Endpoint>> = match &args.sub_urls {
         Some(list) => list
             .split(',')
-            .map(|u| resolve(u.trim()).map(Arc::new))
+            .map(|u| sub_url(u).map(Arc::new))
             .collect::<Res<Vec<_>>>()?,
-        None => vec![ep.clone()],
+        None => vec![Arc::new(sub_url(&ep.url)?)],
     };
+    let sub_opts = ConnOpts {
+        compress: args.target.compress,
+        batch: args.target.batch,
+        big: true,
+    };
+    let pub_opts = ConnOpts::PLAIN;
+    let shared_inflate = args.inflate == Inflate::Shared;
     if sub_eps.is_empty() {
         return Err("--sub-urls lists no URL".into());
     }
@@ -98,13 +100,22 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             let ch = &channels[i % channels.len()];
-            let conn = setup_conn(&ep, proto, Some(ch), None, true, deadline).await;
+            let conn = setup_conn(&ep, proto, Some(ch), None, sub_opts, deadline).await;
             drop(permit);
             match conn {
-                Ok((ws, parser)) => {
+                Ok((conn, parser)) => {
                     let _ = ready_tx.send(Ok(()));
                     drop(ready_tx);
-                    run_subscriber(ws, parser, proto, shared, stop_rx).await;
+                    run_subscriber(
+                        conn,
+                        parser,
+                        proto,
+                        sub_opts,
+                        shared_inflate,
+                        shared,
+                        stop_rx,
+                    )
+                    .await;
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -125,9 +136,10 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
     }
     let setup_s = setup_start.elapsed().as_secs_f64();
 
-    let (mut publisher, _) = setup_conn(&ep, proto, None, None, true, deadline)
+    let (publisher, _) = setup_conn(&ep, proto, None, None, pub_opts, deadline)
         .await
         .map_err(|e| format!("publisher: {e}"))?;
+    let mut publisher = publisher.into_ws(true).await;
 
     // Measure.
     let server_before = sample_server(args.target.server_pid)?;
@@ -197,8 +209,30 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
     let label = label(&args.target);
     let ok = pr.failure.is_none() && lost == 0 && dropped == 0 && received > 0;
 
+    let wire_bytes = shared.wire_bytes.load(Relaxed);
+    let messages = shared.messages.load(Relaxed);
+    let compressed = shared.compressed_messages.load(Relaxed);
+    let inflated = shared.inflated_messages.load(Relaxed);
+    let message_bytes = shared.message_bytes.load(Relaxed);
+    let per_delivery = |v: f64| (received > 0).then(|| v / received as f64);
+    let wire_per = per_delivery(wire_bytes as f64);
+    let message_per = per_delivery(message_bytes as f64);
+    let cpu_us_per = per_delivery(client_cpu * 1e6);
+    let mut flags = String::new();
+    if args.payload != PayloadKind::Stamp {
+        let _ = write!(flags, " payload={}", args.payload.name());
+    }
+    if args.target.compress {
+        flags.push_str(" compress");
+        if args.inflate == Inflate::Shared {
+            flags.push_str(" inflate=shared");
+        }
+    }
+    if args.target.batch {
+        flags.push_str(" batch");
+    }
     let mut human = format!(
-        "[{label}] {mode} subs={} channels={} size={}B{}: {:.0} deliveries/s, latency p50 {} p99 {} p99.9 {} max {}; published {} ({:.0}/s), expected {expected}, received {received}, lost {lost}",
+        "[{label}] {mode} subs={} channels={} size={}B{flags}{}: {:.0} deliveries/s, latency p50 {} p99 {} p99.9 {} max {}; published {} ({:.0}/s), expected {expected}, received {received}, lost {lost}",
         args.subscribers,
         args.channels,
         args.size,
@@ -231,6 +265,12 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
         client_cpu,
         100.0 * client_cpu / measured_s
     );
+    if let (Some(w), Some(m), Some(c)) = (wire_per, message_per, cpu_us_per) {
+        let _ = write!(
+            human,
+            "; per delivery: {w:.1} B read off the socket, {m:.1} B of messages ({compressed} of {messages} messages compressed, {inflated} inflated), bench CPU {c:.2} µs"
+        );
+    }
     if let Some((cpu, rb, ra)) = server {
         let _ = write!(
             human,
@@ -260,6 +300,9 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
         "subscribers": args.subscribers,
         "channels": args.channels,
         "size": args.size,
+        "payload": args.payload.name(),
+        "compress": args.target.compress,
+        "batch": args.target.batch,
         "window": args.window,
         "flow": format!("{:?}", args.flow).to_lowercase(),
         "rate": rate,
@@ -284,6 +327,14 @@ pub async fn load_inner(args: LoadArgs, rate: Option<f64>, ep: Endpoint) -> Res<
         "latency_ms": {"p50": ms(p50), "p99": ms(p99), "p999": ms(p999), "max": ms(max), "count": h.count()},
         "client_cpu_s": round(client_cpu, 3),
         "client_cpu_pct": round(100.0 * client_cpu / measured_s, 1),
+        "client_cpu_us_per_delivery": cpu_us_per.map(|v| round(v, 3)),
+        "wire_bytes": wire_bytes,
+        "wire_bytes_per_delivery": wire_per.map(|v| round(v, 1)),
+        "messages": messages,
+        "compressed_messages": compressed,
+        "inflate": format!("{:?}", args.inflate).to_lowercase(),
+        "inflated_messages": inflated,
+        "message_bytes_per_delivery": message_per.map(|v| round(v, 1)),
         "server_pid": args.target.server_pid,
         "server_cpu_s": server.map(|s| round(s.0, 3)),
         "server_cpu_pct": server.map(|s| round(100.0 * s.0 / measured_s, 1)),

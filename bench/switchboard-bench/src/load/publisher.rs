@@ -17,7 +17,7 @@ use crate::net::Ws;
 use crate::setup::describe_close;
 use crate::wire::nats::{nats_frame, NatsEvent, NatsParser};
 use crate::wire::switchboard::{sb_error_code, sb_id, sb_type};
-use crate::wire::write_payload;
+use crate::wire::Payload;
 
 pub struct PubResult {
     pub sent: u64,
@@ -73,7 +73,9 @@ pub async fn run_publisher(
     let mut acked = 0u64;
     let mut parser = NatsParser::default();
     let mut sending = true;
-    let mut frame = String::with_capacity(args.size + 128);
+    let payload = Payload::new(args.payload, args.size);
+    let mut body = String::with_capacity(args.size + 64);
+    let mut frame = String::with_capacity(args.size + 192);
     r.start = start;
     loop {
         let mut delivery_blocked = false;
@@ -121,20 +123,29 @@ pub async fn run_publisher(
                     }
                     let ts = shared.now_ns();
                     frame.clear();
+                    body.clear();
+                    payload.write(&mut body, ts, seq[ch]);
                     let msg = match proto {
                         Protocol::Switchboard => {
                             let _ = write!(
                                 frame,
-                                "{{\"type\":\"publish\",\"id\":{n},\"channel\":\"{}\",\"data\":\"",
+                                "{{\"type\":\"publish\",\"id\":{n},\"channel\":\"{}\",\"data\":",
                                 channels[ch]
                             );
-                            write_payload(&mut frame, ts, seq[ch], args.size);
-                            frame.push_str("\"}");
+                            // The stamp form is a JSON string; a JSON payload is a value.
+                            if payload.is_json() {
+                                frame.push_str(&body);
+                            } else {
+                                frame.push('"');
+                                frame.push_str(&body);
+                                frame.push('"');
+                            }
+                            frame.push('}');
                             Message::text(frame.clone())
                         }
                         Protocol::Nats => {
-                            let _ = write!(frame, "PUB {} {}\r\n", channels[ch], args.size);
-                            write_payload(&mut frame, ts, seq[ch], args.size);
+                            let _ = write!(frame, "PUB {} {}\r\n", channels[ch], body.len());
+                            frame.push_str(&body);
                             frame.push_str("\r\n");
                             nats_frame(&frame)
                         }

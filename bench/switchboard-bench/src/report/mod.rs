@@ -9,10 +9,12 @@ use serde_json::{json, Value};
 
 use crate::Res;
 
+mod compression;
 mod flood;
 mod tables;
 mod targets;
 
+pub use compression::compression;
 pub use tables::{problems, table};
 pub use targets::targets;
 
@@ -76,17 +78,36 @@ pub fn fmt_pct(v: Option<f64>) -> String {
 }
 
 pub fn case_key(v: &Value) -> String {
+    case_key_opt(v, true)
+}
+
+/// `, deflate` and `, batch` for runs with `--compress` and `--batch` (left out of the
+/// key with `with_compress` false, to pair runs that differ only in compression).
+fn options(v: &Value, with_compress: bool) -> String {
+    let on = |k: &str| v.get(k).and_then(Value::as_bool) == Some(true);
+    let mut s = String::new();
+    if with_compress && on("compress") {
+        s.push_str(", deflate");
+    }
+    if on("batch") {
+        s.push_str(", batch");
+    }
+    s
+}
+
+pub fn case_key_opt(v: &Value, with_compress: bool) -> String {
     let mode = v.get("mode").and_then(Value::as_str).unwrap_or("");
     let g = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
     match mode {
         "idle" => format!(
-            "{} connections{}",
+            "{} connections{}{}",
             g("connections"),
             if v.get("subscribe").and_then(Value::as_bool) == Some(true) {
                 ", each subscribed"
             } else {
                 ""
-            }
+            },
+            options(v, with_compress)
         ),
         "flood" => {
             let victims = format!(
@@ -112,6 +133,10 @@ pub fn case_key(v: &Value) -> String {
                 format!("{} channels", g("channels"))
             };
             let mut s = format!("{} subs, {chans}, {} B", g("subscribers"), g("size"));
+            if v.get("payload").and_then(Value::as_str) == Some("json") {
+                s.push_str(" JSON");
+            }
+            s.push_str(&options(v, with_compress));
             if v.get("flow").and_then(Value::as_str) == Some("reply") {
                 s.push_str(", reply-paced");
             }
