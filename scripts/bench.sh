@@ -356,10 +356,11 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 nats_version=$(nats-server --version 2>/dev/null | sed 's/^nats-server: //' || echo "not installed")
 node_version=$(node --version 2>/dev/null || echo "not installed")
 ws_version=$(node -p 'require("./bench/peers/node-ws/node_modules/ws/package.json").version' 2>/dev/null || echo "not installed")
-# The "Compression" section is scripts/bench-compression.sh's: kept as it is.
+# Marked sections (<!-- NAME:start --> ... <!-- NAME:end -->) are other scripts' or measured
+# by hand ("Compression" is scripts/bench-compression.sh's): kept as they are.
 KEPT=$WORK/compression-section.md
 : >"$KEPT"
-[ -f "$OUT" ] && sed -n '/^<!-- compression:start/,/^<!-- compression:end -->/p' "$OUT" >"$KEPT"
+[ -f "$OUT" ] && sed -n '/^<!-- [a-z-]*:start/,/^<!-- [a-z-]*:end -->/p' "$OUT" >"$KEPT"
 pinning="server on CPU $SERVER_CPU, load generator on CPU $BENCH_CPU (\`taskset\`)"
 [ "$PINNED" = 1 ] || pinning="not pinned"
 
