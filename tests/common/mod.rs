@@ -1,9 +1,10 @@
 //! Test harness shared by every integration test file. It owns no server logic: it starts
 //! real nodes ([`app`]: the `switchboard` binary, or an in-process `Application` when a test
-//! needs several nodes in one process), a real `redis-server` per test ([`redis`]), and real
-//! WebSocket and HTTP clients ([`client`]). Tests observe the node the way its users do:
-//! frames, HTTP statuses, `/metrics`, exit codes; and every wait here is on an event with a
-//! deadline ([`WAIT`]), never a fixed sleep.
+//! needs several nodes in one process), a real `redis-server` per test ([`redis`]) or a
+//! real 6-node Redis Cluster ([`redis_cluster`]), and real WebSocket and HTTP clients
+//! ([`client`]). Tests observe the node the way its users do: frames, HTTP statuses,
+//! `/metrics`, exit codes; and every wait here is on an event with a deadline ([`WAIT`]),
+//! never a fixed sleep.
 #![allow(dead_code)]
 
 pub mod app;
@@ -11,6 +12,7 @@ pub mod client;
 pub mod engine;
 pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,8 @@ pub use app::{spawn_app, spawn_app_in_process, try_spawn_app, App};
 pub use client::{http, Client, Event, Ws};
 #[allow(unused_imports)]
 pub use redis::{unique_prefix, Redis};
+#[allow(unused_imports)]
+pub use redis_cluster::RedisCluster;
 
 /// How long any single wait may take before the test fails (generous for a busy machine).
 pub const WAIT: Duration = Duration::from_secs(20);
