@@ -131,10 +131,14 @@ impl Default for HeartbeatSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
-    /// `memory` or `redis`.
+    /// `memory`, `redis` or `redis_cluster`.
     pub kind: EngineKind,
     /// Where the Redis engine connects.
     pub redis_url: String,
+    /// Seed addresses of a Redis Cluster (`redis_cluster`): any of its nodes; the rest of
+    /// the topology is read from the cluster.
+    #[serde(deserialize_with = "string_list")]
+    pub redis_urls: Vec<String>,
     /// Prefix of every Redis key and channel this cluster uses.
     pub prefix: String,
 }
@@ -144,6 +148,7 @@ impl Default for EngineSettings {
         EngineSettings {
             kind: EngineKind::Memory,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            redis_urls: Vec::new(),
             prefix: "switchboard".into(),
         }
     }
@@ -502,6 +507,25 @@ impl Settings {
                 "engine.prefix",
                 "must be non-empty, without braces or spaces",
             );
+        }
+        if self.engine.kind == EngineKind::RedisCluster {
+            if self.engine.redis_urls.is_empty() {
+                return err(
+                    "engine.redis_urls",
+                    "must name at least one node of the Redis Cluster when engine.kind is \"redis_cluster\"",
+                );
+            }
+            if let Some(bad) = self
+                .engine
+                .redis_urls
+                .iter()
+                .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                return err(
+                    "engine.redis_urls",
+                    &format!("{bad:?} is not a redis:// or rediss:// URL"),
+                );
+            }
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return err("server.tls_cert", "tls_cert and tls_key go together");

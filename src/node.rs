@@ -107,7 +107,7 @@ impl Node {
                     let m = Arc::new(MemoryEngine::new(&id));
                     (m.clone(), Some(m))
                 }
-                EngineKind::Redis => {
+                EngineKind::Redis | EngineKind::RedisCluster => {
                     // Runs on the main system runtime, which outlives the node: the engine's
                     // reader and heartbeat tasks are spawned here, not on a worker's runtime.
                     // An unreachable Redis starts the node not ready; a newer schema stops it.

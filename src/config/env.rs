@@ -23,6 +23,7 @@ pub const KEYS: &[&str] = &[
     "heartbeat.timeout",
     "engine.kind",
     "engine.redis_url",
+    "engine.redis_urls",
     "engine.prefix",
     "auth.hmac_secret",
     "auth.public_key_pem",

@@ -39,6 +39,19 @@ impl Settings {
                     format!("# redis_url: its password is shown as {HIDDEN}: {tell} it"),
                 ));
             }
+            let mut hidden = false;
+            for url in &mut shown.engine.redis_urls {
+                if let Some(h) = hide_password(url) {
+                    *url = h;
+                    hidden = true;
+                }
+            }
+            if hidden {
+                notes.push((
+                    "redis_urls = ",
+                    format!("# redis_urls: passwords are shown as {HIDDEN}: {tell} them"),
+                ));
+            }
         }
         let body = toml::to_string(&shown)
             .map_err(|e| ConfigError(format!("the settings cannot be written as TOML: {e}")))?;

@@ -219,6 +219,9 @@ pub enum EngineKind {
     Memory,
     /// Redis shared by every node of a cluster.
     Redis,
+    /// A Redis Cluster (sharded pub/sub) shared by every node of a cluster.
+    #[serde(rename = "redis_cluster")]
+    RedisCluster,
 }
 
 impl<'de> Deserialize<'de> for EngineKind {
@@ -227,8 +230,9 @@ impl<'de> Deserialize<'de> for EngineKind {
         match text.trim() {
             "memory" => Ok(EngineKind::Memory),
             "redis" => Ok(EngineKind::Redis),
+            "redis_cluster" => Ok(EngineKind::RedisCluster),
             _ => Err(de::Error::custom(format!(
-                "expected \"memory\" or \"redis\"; got {text:?}"
+                "expected \"memory\", \"redis\" or \"redis_cluster\"; got {text:?}"
             ))),
         }
     }

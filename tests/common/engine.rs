@@ -35,6 +35,32 @@ pub fn options(redis: &Redis, prefix: &str, node: &str) -> RedisOptions {
     o
 }
 
+/// [`options`] for a Redis Cluster whose nodes are `urls` (`engine.kind = "redis_cluster"`).
+pub fn cluster_options(urls: Vec<String>, prefix: &str, node: &str) -> RedisOptions {
+    let mut settings = Settings::default();
+    settings.engine.kind = switchboard::config::EngineKind::RedisCluster;
+    settings.engine.redis_urls = urls;
+    settings.engine.prefix = prefix.to_string();
+    let mut o = RedisOptions::from_settings(&settings, node);
+    o.command_timeout = Duration::from_millis(1000);
+    o.start_timeout = Duration::from_secs(5);
+    o.max_backoff = Duration::from_millis(200);
+    o.health_period = Duration::from_millis(200);
+    o.presence_period = Duration::from_millis(100);
+    o.node_period = Duration::from_millis(100);
+    o.disconnect_wait = Duration::from_secs(1);
+    o
+}
+
+/// A Redis Cluster engine with [`cluster_options`], once it is ready.
+pub async fn cluster_engine(urls: Vec<String>, prefix: &str, node: &str) -> Arc<RedisEngine> {
+    let e = RedisEngine::start(cluster_options(urls, prefix, node))
+        .await
+        .expect("cluster engine starts");
+    wait_until("cluster engine ready", || e.is_ready()).await;
+    e
+}
+
 /// A Redis engine on `redis` with [`options`], once it is ready.
 pub async fn redis_engine(redis: &Redis, prefix: &str, node: &str) -> Arc<RedisEngine> {
     let e = RedisEngine::start(options(redis, prefix, node))

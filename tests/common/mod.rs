@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod client;
+pub mod conformance;
 pub mod engine;
 pub mod raw;
 pub mod redis;

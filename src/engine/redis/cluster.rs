@@ -38,7 +38,7 @@ pub(super) async fn disconnect_user(inner: &Inner, user: &str) -> Result<usize, 
         req: req.clone(),
     })
     .map_err(|e| EngineError::Unavailable(format!("cannot encode control: {e}")))?;
-    let cmd = redis::cmd("PUBLISH")
+    let cmd = redis::cmd(inner.publish_verb())
         .arg(&inner.keys.control)
         .arg(message)
         .clone();

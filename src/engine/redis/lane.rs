@@ -21,7 +21,8 @@ use std::sync::Arc;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::resp::{query_pipe, CmdError};
+use super::conn::send_many;
+use super::resp::CmdError;
 use super::Inner;
 use crate::engine::EngineError;
 
@@ -31,6 +32,8 @@ const MAX_BATCH: usize = 512;
 
 /// One publication waiting for its turn.
 pub(super) struct Job {
+    /// The channel's hash slot (a cluster pipelines each slot's calls apart).
+    pub(super) slot: u16,
     /// The ready `FCALL`.
     pub(super) cmd: redis::Cmd,
     /// Where its raw answer goes.
@@ -71,8 +74,10 @@ pub(super) async fn lane_task(
 /// Sends one batch and answers each member; repairs and resends once what met a Redis
 /// that lost its functions.
 async fn run_batch(inner: &Inner, batch: Vec<Job>) {
-    let (cmds, replies): (Vec<redis::Cmd>, Vec<_>) =
-        batch.into_iter().map(|j| (j.cmd, j.reply)).unzip();
+    let (cmds, replies): (Vec<(u16, redis::Cmd)>, Vec<_>) = batch
+        .into_iter()
+        .map(|j| ((j.slot, j.cmd), j.reply))
+        .unzip();
     let mut results = match send(inner, &cmds).await {
         Ok(results) => results,
         Err(e) => {
@@ -92,7 +97,8 @@ async fn run_batch(inner: &Inner, batch: Vec<Job>) {
                 let again: Vec<usize> = (0..results.len())
                     .filter(|&i| missing(&results[i]))
                     .collect();
-                let resend: Vec<redis::Cmd> = again.iter().map(|&i| cmds[i].clone()).collect();
+                let resend: Vec<(u16, redis::Cmd)> =
+                    again.iter().map(|&i| cmds[i].clone()).collect();
                 match send(inner, &resend).await {
                     Ok(answers) => {
                         for (i, r) in again.into_iter().zip(answers) {
@@ -115,37 +121,23 @@ async fn run_batch(inner: &Inner, batch: Vec<Job>) {
     }
 }
 
-/// One pipeline of `cmds`: an answer each, or one failure for the whole batch (no answer
-/// in time, a broken connection).
+/// One pipeline of `cmds` (one per slot on a cluster): an answer each, or one failure for
+/// the whole batch when nothing answered (no answer in time, a broken connection). On a
+/// cluster a shard that fails fails only the members of its slots.
 async fn send(
     inner: &Inner,
-    cmds: &[redis::Cmd],
+    cmds: &[(u16, redis::Cmd)],
 ) -> Result<Vec<Result<Value, CmdError>>, EngineError> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for c in cmds {
-        pipe.add_command(c.clone());
+    let answers = send_many(&inner.conn, cmds, inner.opts.command_timeout).await;
+    if let Some(Err(e @ CmdError::Batch(_))) = answers.first() {
+        if !inner.conn.is_cluster() {
+            log::warn!(
+                "publish batch failed size={} node={}: {e}",
+                cmds.len(),
+                inner.opts.node_id
+            );
+            return Err(CmdError::Batch(e.to_string()).into_engine());
+        }
     }
-    let mut con = inner.conn.clone();
-    let answers = query_pipe::<Vec<redis::RedisResult<Value>>, _>(
-        &pipe,
-        &mut con,
-        inner.opts.command_timeout,
-    )
-    .await
-    .map_err(|e| {
-        log::warn!(
-            "publish batch failed size={} node={}: {e}",
-            cmds.len(),
-            inner.opts.node_id
-        );
-        e.into_engine()
-    })?;
-    if answers.len() != cmds.len() {
-        return Err(CmdError::Reply("publish pipeline").into_engine());
-    }
-    Ok(answers
-        .into_iter()
-        .map(|v| v.map_err(CmdError::Redis))
-        .collect())
+    Ok(answers)
 }

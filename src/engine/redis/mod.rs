@@ -38,6 +38,7 @@
 //! and `resp` (commands, their errors and reply parsing).
 
 mod cluster;
+mod conn;
 mod keys;
 mod lane;
 mod ordering;
@@ -45,6 +46,7 @@ mod presence;
 mod reader;
 mod resp;
 mod schema;
+mod shards;
 mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +64,9 @@ use super::{
     Engine, EngineError, EngineHandler, HistoryResult, PresenceEntry, Publish, PublishTicket,
 };
 use crate::channel::ChannelName;
-use crate::config::{NamespaceOptions, Settings};
+use crate::config::{EngineKind, NamespaceOptions, Settings};
 use crate::protocol::{ClientInfo, StreamPosition};
+use conn::Conn;
 use keys::Keys;
 use ordering::Tracks;
 use presence::LocalPresence;
@@ -77,8 +80,10 @@ pub use stream::META_GRACE;
 /// Connection and timing options of the Redis engine.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db` (one Redis).
     pub url: String,
+    /// Seed nodes of a Redis Cluster; empty for one Redis (`url`).
+    pub cluster_urls: Vec<String>,
     /// Prefix of every key and channel.
     pub prefix: String,
     /// This node's id (in presence and `<p>:nodes`).
@@ -107,6 +112,10 @@ impl RedisOptions {
     pub fn from_settings(settings: &Settings, node_id: &str) -> Self {
         RedisOptions {
             url: settings.engine.redis_url.clone(),
+            cluster_urls: match settings.engine.kind {
+                EngineKind::RedisCluster => settings.engine.redis_urls.clone(),
+                EngineKind::Memory | EngineKind::Redis => Vec::new(),
+            },
             prefix: settings.engine.prefix.clone(),
             node_id: node_id.to_string(),
             command_timeout: Duration::from_millis(1500),
@@ -119,6 +128,94 @@ impl RedisOptions {
             lock_wait: Duration::from_secs(15),
         }
     }
+
+    /// Whether these options name a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_urls.is_empty()
+    }
+
+    /// Where the engine connects, for messages: the URL, or the cluster's seeds.
+    fn shown_url(&self) -> String {
+        if self.is_cluster() {
+            self.cluster_urls.join(",")
+        } else {
+            self.url.clone()
+        }
+    }
+
+    /// The key layout of these options (one Redis, or a cluster's).
+    fn keys(&self) -> Keys {
+        if self.is_cluster() {
+            Keys::cluster(&self.prefix)
+        } else {
+            Keys::new(&self.prefix)
+        }
+    }
+}
+
+/// The command connection of `opts`. `eager` connects now (an unreachable Redis is then
+/// [`RedisStartError::Unreachable`]); otherwise the first command connects.
+async fn connect(opts: &RedisOptions, eager: bool) -> Result<Conn, RedisStartError> {
+    let unreachable = |e: redis::RedisError| RedisStartError::Unreachable {
+        url: opts.shown_url(),
+        reason: e.to_string(),
+    };
+    if opts.is_cluster() {
+        // Few, short retries: a command must fail within `command_timeout`; redirections
+        // (MOVED, ASK) and a cluster electing a new primary are what they are for. A retry
+        // after a dropped connection may run a publication twice: see `stream.rs`.
+        let client = redis::cluster::ClusterClientBuilder::new(opts.cluster_urls.clone())
+            .retries(3)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .connection_timeout(opts.command_timeout)
+            .response_timeout(opts.command_timeout)
+            .build()
+            .map_err(|e| RedisStartError::BadUrl(e.to_string()))?;
+        let config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(opts.command_timeout)
+            .set_response_timeout(opts.command_timeout);
+        return if eager {
+            client
+                .get_async_connection_with_config(config)
+                .await
+                .map(Conn::Cluster)
+                .map_err(unreachable)
+        } else {
+            Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(config),
+            ))
+        };
+    }
+    let client = redis::Client::open(opts.url.as_str())
+        .map_err(|e| RedisStartError::BadUrl(e.to_string()))?;
+    // Few, short retries inside the manager: a command must fail within
+    // `command_timeout`, and the reader task is what waits for Redis to come back.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(opts.command_timeout))
+        .set_response_timeout(Some(opts.command_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    if eager {
+        ConnectionManager::new_with_config(client, config)
+            .await
+            .map(Conn::Single)
+            .map_err(unreachable)
+    } else {
+        ConnectionManager::new_lazy_with_config(client, config)
+            .map(Conn::Single)
+            .map_err(|e| RedisStartError::Client(e.to_string()))
+    }
+}
+
+/// What differs between one Redis and a cluster beyond the command connection: how the
+/// node receives publications.
+enum Mode {
+    /// One pub/sub connection to the one Redis (`reader.rs`).
+    Single { client: redis::Client },
+    /// A link per primary carrying sharded subscriptions (`shards.rs`).
+    Cluster(shards::Shards),
 }
 
 /// Why [`RedisEngine::start`] or [`migrate`] gave up. The variants are what a caller
@@ -152,11 +249,15 @@ pub enum RedisStartError {
 struct Inner {
     opts: RedisOptions,
     keys: Keys,
-    client: redis::Client,
-    conn: ConnectionManager,
+    mode: Mode,
+    conn: Conn,
     handler: OnceLock<Arc<dyn EngineHandler>>,
     /// Connected, migrated, subscribed: what `/readyz` reports.
     ready: AtomicBool,
+    /// Connected and migrated: whether commands are sent at all. On one Redis it goes with
+    /// `ready`; on a cluster a shard that is down makes the node not ready while the
+    /// channels of the other shards keep working.
+    usable: AtomicBool,
     /// The pub/sub connection's command half, while connected.
     sink: Mutex<Option<PubSubSink>>,
     /// Channels this node is subscribed to and where each one's stream stands.
@@ -176,8 +277,24 @@ impl Inner {
         self.handler.get()
     }
 
+    /// Sets both readiness flags (one Redis: connected means usable and ready).
+    fn set_ready(&self, ready: bool) {
+        self.usable.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// The command that publishes on a channel's pub/sub name: sharded on a cluster, so a
+    /// message travels only within the shard that owns the channel.
+    fn publish_verb(&self) -> &'static str {
+        if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     fn check_ready(&self) -> Result<(), EngineError> {
-        if self.ready.load(Ordering::Acquire) {
+        if self.usable.load(Ordering::Acquire) {
             Ok(())
         } else {
             Err(EngineError::Unavailable("redis is not connected".into()))
@@ -196,6 +313,15 @@ impl Inner {
         query_pipe::<Value, _>(pipe, &mut con, self.opts.command_timeout)
             .await
             .map(|_| ())
+    }
+
+    /// Runs commands of many channels (see [`conn::send_many`]); the first failure, if any.
+    async fn run_all(&self, cmds: &[(u16, redis::Cmd)]) -> Result<(), CmdError> {
+        let answers = conn::send_many(&self.conn, cmds, self.opts.command_timeout).await;
+        answers
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     /// Runs one command for a caller of the engine: refused at once while not ready.
@@ -259,19 +385,16 @@ impl RedisEngine {
     /// ([`RedisStartError::Migrate`] with [`MigrateError::TooNew`]), and so is a URL that
     /// is not one ([`RedisStartError::BadUrl`]).
     pub async fn start(opts: RedisOptions) -> Result<Arc<RedisEngine>, RedisStartError> {
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| RedisStartError::BadUrl(e.to_string()))?;
-        // Few, short retries inside the manager: a command must fail within
-        // `command_timeout`, and the reader task is what waits for Redis to come back.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.command_timeout))
-            .set_response_timeout(Some(opts.command_timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| RedisStartError::Client(e.to_string()))?;
-        let keys = Keys::new(&opts.prefix);
+        let conn = connect(&opts, false).await?;
+        let mode = if let Some(seed) = opts.cluster_urls.first() {
+            Mode::Cluster(shards::Shards::new(seed.clone()))
+        } else {
+            Mode::Single {
+                client: redis::Client::open(opts.url.as_str())
+                    .map_err(|e| RedisStartError::BadUrl(e.to_string()))?,
+            }
+        };
+        let keys = opts.keys();
 
         // Refuse a newer schema before anything else; an unreachable Redis only logs.
         let mut probe = conn.clone();
@@ -303,12 +426,14 @@ impl RedisEngine {
         let (events, events_rx) = mpsc::unbounded_channel();
         let (lane, lane_rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let cluster = matches!(mode, Mode::Cluster(_));
         let inner = Arc::new(Inner {
             keys,
-            client,
+            mode,
             conn,
             handler: OnceLock::new(),
             ready: AtomicBool::new(false),
+            usable: AtomicBool::new(false),
             sink: Mutex::new(None),
             tracks: Tracks::new(),
             events,
@@ -317,11 +442,15 @@ impl RedisEngine {
             local_counts: Mutex::new(Vec::new()),
             opts,
         });
-        tokio::spawn(reader::reader_task(
-            inner.clone(),
-            events_rx,
-            shutdown_rx.clone(),
-        ));
+        if cluster {
+            shards::start(&inner, events_rx, &shutdown_rx);
+        } else {
+            tokio::spawn(reader::reader_task(
+                inner.clone(),
+                events_rx,
+                shutdown_rx.clone(),
+            ));
+        }
         tokio::spawn(lane::lane_task(inner.clone(), lane_rx, shutdown_rx.clone()));
         tokio::spawn(cluster::beat_task(inner.clone(), shutdown_rx));
         let engine = Arc::new(RedisEngine { inner, shutdown });
@@ -338,7 +467,7 @@ impl RedisEngine {
     /// Stops the background tasks (also done on drop); the engine stays not ready.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        self.inner.ready.store(false, Ordering::Release);
+        self.inner.set_ready(false);
     }
 
     /// Records this node's local subscriber counts, written to `<p>:subs:{node}` with the
@@ -375,7 +504,11 @@ impl Engine for RedisEngine {
             let (reply, answer) = oneshot::channel();
             self.inner
                 .lane
-                .send(lane::Job { cmd, reply })
+                .send(lane::Job {
+                    slot: conn::slot_of(channel.as_str()),
+                    cmd,
+                    reply,
+                })
                 .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))?;
             Ok(answer)
         });
@@ -392,11 +525,17 @@ impl Engine for RedisEngine {
     }
 
     async fn subscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        reader::subscribe(&self.inner, channel).await
+        match &self.inner.mode {
+            Mode::Single { .. } => reader::subscribe(&self.inner, channel).await,
+            Mode::Cluster(_) => shards::subscribe(&self.inner, channel).await,
+        }
     }
 
     async fn unsubscribe_node(&self, channel: &ChannelName) -> Result<(), EngineError> {
-        reader::unsubscribe(&self.inner, channel).await
+        match &self.inner.mode {
+            Mode::Single { .. } => reader::unsubscribe(&self.inner, channel).await,
+            Mode::Cluster(_) => shards::unsubscribe(&self.inner, channel).await,
+        }
     }
 
     async fn history(

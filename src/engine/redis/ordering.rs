@@ -10,8 +10,10 @@
 //! is handed (the engine's Redis, or a fake in the tests below) and delivers to the
 //! node's [`EngineHandler`]. The reader task (`reader.rs`) feeds it.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -78,6 +80,17 @@ struct Track {
     last: Option<Position>,
     /// Publications received before the baseline was known.
     pending: Vec<Incoming>,
+    /// The offset and [`digest`] of the last publication handed to the node: after a
+    /// failover the node compares it with what Redis holds at that offset (`shards.rs`).
+    digest: Cell<(u64, u64)>,
+}
+
+/// A digest of a stored publication, to tell whether the one Redis holds at an offset is
+/// the one this node delivered (the same within one process, not across processes).
+pub(super) fn digest(payload: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
 }
 
 impl Track {
@@ -87,6 +100,7 @@ impl Track {
             return;
         };
         let name = &self.name;
+        self.digest.set((offset, digest(payload)));
         match parse_publication(offset, payload) {
             Some(publication) => {
                 let frame = message_frame(name.as_str(), &publication);
@@ -208,6 +222,7 @@ impl Tracks {
                 generation,
                 last: None,
                 pending: Vec::new(),
+                digest: Cell::new((0, 0)),
             },
         );
         Some(generation)
@@ -249,6 +264,16 @@ impl Tracks {
             .iter()
             .map(|(k, t)| (k.clone(), t.generation, t.last.clone()))
             .collect()
+    }
+
+    /// One tracked channel's generation, last position and the offset and [`digest`] of the
+    /// last publication delivered (to check and catch up after its subscription alone was
+    /// lost and restored, on a cluster).
+    pub(super) fn held_one(&self, channel: &str) -> Option<(u64, Option<Position>, (u64, u64))> {
+        self.map
+            .lock()
+            .get(channel)
+            .map(|t| (t.generation, t.last.clone(), t.digest.get()))
     }
 
     /// Sets a subscription's baseline (read by `subscribe_node` after SUBSCRIBE was

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::conn::slot_of;
 use super::resp::{fcall, ms, value_array, value_string, CmdError};
 use super::schema::{FN_PRESENCE_ADD, FN_PRESENCE_LIST};
 use super::Inner;
@@ -136,7 +137,7 @@ impl Inner {
             .collect();
         let ttl = ms(self.opts.presence_period * 3);
         for chunk in snapshot.chunks(100) {
-            let mut pipe = redis::pipe();
+            let mut cmds = Vec::with_capacity(chunk.len());
             for (channel, entries) in chunk {
                 let (h, z) = (self.keys.presence(channel), self.keys.presence_exp(channel));
                 let mut cmd = fcall(FN_PRESENCE_ADD, &[&h, &z]);
@@ -144,9 +145,9 @@ impl Inner {
                 for (client, info) in entries {
                     cmd.arg(client).arg(info);
                 }
-                pipe.add_command(cmd).ignore();
+                cmds.push((slot_of(channel), cmd));
             }
-            self.run_pipe(&pipe).await?;
+            self.run_all(&cmds).await?;
         }
         Ok(())
     }

@@ -6,7 +6,6 @@
 //! ready, reconnects with exponential backoff and jitter, re-applies migrations if Redis
 //! came back empty, resubscribes every channel held and catches up from history.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,23 +55,28 @@ pub(super) async fn subscribe(inner: &Inner, channel: &ChannelName) -> Result<()
         inner.tracks.forget(key, generation);
         return Err(EngineError::Unavailable("redis subscribe failed".into()));
     }
-    // The baseline is read after SUBSCRIBE is confirmed: every publication after it
-    // reaches this node, and the broker reads its own position later still.
+    if let Err(e) = read_baseline(inner, channel, generation).await {
+        inner.tracks.forget(key, generation);
+        let _ = tokio::time::timeout(inner.opts.command_timeout, sink.unsubscribe(&pubsub)).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reads where a channel's stream stands and hands it to the reader as the subscription's
+/// baseline. Called once the subscription is confirmed: every publication after the read
+/// reaches this node, and the broker reads its own position later still.
+pub(super) async fn read_baseline(
+    inner: &Inner,
+    channel: &ChannelName,
+    generation: u64,
+) -> Result<(), EngineError> {
     let cmd = redis::cmd("HMGET")
-        .arg(inner.keys.meta(key))
+        .arg(inner.keys.meta(channel.as_str()))
         .arg("offset")
         .arg("epoch")
         .clone();
-    let meta = match inner.command(&cmd).await {
-        Ok(v) => value_array(v),
-        Err(e) => {
-            inner.tracks.forget(key, generation);
-            let _ =
-                tokio::time::timeout(inner.opts.command_timeout, sink.unsubscribe(&pubsub)).await;
-            return Err(e);
-        }
-    };
-    let mut meta = meta.into_iter();
+    let mut meta = value_array(inner.command(&cmd).await?).into_iter();
     let offset = meta.next().as_ref().and_then(value_u64).unwrap_or(0);
     let epoch = meta.next().and_then(value_string).map(Arc::from);
     let _ = inner.events.send(Event::Baseline {
@@ -151,15 +155,21 @@ fn parse_payload(payload: &str) -> Result<Payload<'_>, PayloadError> {
 impl Inner {
     /// Handles one pub/sub message.
     async fn on_message(self: &Arc<Self>, msg: Msg) {
-        let name = msg.get_channel_name();
+        self.on_pubsub(msg.get_channel_name(), msg.get_payload_bytes())
+            .await;
+    }
+
+    /// Handles one message on a pub/sub name (classic or sharded): a control command, or
+    /// a channel's publication or push.
+    pub(super) async fn on_pubsub(self: &Arc<Self>, name: &str, payload: &[u8]) {
         if name == self.keys.control {
-            self.on_control(msg.get_payload_bytes());
+            self.on_control(payload);
             return;
         }
         let Some(channel) = self.keys.channel_of(name) else {
             return;
         };
-        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+        let Ok(payload) = std::str::from_utf8(payload) else {
             return;
         };
         match parse_payload(payload) {
@@ -185,7 +195,7 @@ impl Inner {
         }
     }
 
-    async fn on_event(&self, event: Event) {
+    pub(super) async fn on_event(&self, event: Event) {
         match event {
             Event::Baseline {
                 channel,
@@ -227,7 +237,7 @@ pub(super) async fn reader_task(
                 }
             }
         }
-        inner.ready.store(false, Ordering::Release);
+        inner.set_ready(false);
         *inner.sink.lock() = None;
         let delay = backoff_ms(attempt, ms(inner.opts.max_backoff), &mut rand::rng());
         attempt = attempt.saturating_add(1);
@@ -239,14 +249,14 @@ pub(super) async fn reader_task(
             break;
         }
     }
-    inner.ready.store(false, Ordering::Release);
+    inner.set_ready(false);
     *inner.sink.lock() = None;
 }
 
 /// The pause before reconnection attempt `attempt` (0 first): exponential from 50 ms,
 /// capped at `cap_ms`, with jitter (half to all of it) so that nodes do not reconnect in
 /// lockstep after an outage.
-fn backoff_ms(attempt: u32, cap_ms: u64, rng: &mut impl Rng) -> u64 {
+pub(super) fn backoff_ms(attempt: u32, cap_ms: u64, rng: &mut impl Rng) -> u64 {
     let base = 50u64
         .saturating_mul(1u64 << attempt.min(16))
         .min(cap_ms.max(1));
@@ -261,7 +271,10 @@ async fn reader_session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<SessionEnd, String> {
     let limit = inner.opts.command_timeout;
-    let pubsub = tokio::time::timeout(limit, inner.client.get_async_pubsub())
+    let super::Mode::Single { client } = &inner.mode else {
+        return Ok(SessionEnd::Shutdown);
+    };
+    let pubsub = tokio::time::timeout(limit, client.get_async_pubsub())
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
@@ -306,7 +319,7 @@ async fn reader_session(
                 .await;
         }
     }
-    inner.ready.store(true, Ordering::Release);
+    inner.set_ready(true);
     log::info!("redis engine ready node={}", inner.opts.node_id);
 
     let mut health = tokio::time::interval(inner.opts.health_period);

@@ -24,6 +24,9 @@ pub(super) enum CmdError {
     /// An answer that does not parse; the text names the command.
     #[error("unexpected reply to {0}")]
     Reply(&'static str),
+    /// The pipeline the command was sent in failed as a whole (the text says why).
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl CmdError {
@@ -35,6 +38,7 @@ impl CmdError {
             CmdError::Reply(what) => {
                 EngineError::Unavailable(format!("unexpected reply to {what}"))
             }
+            CmdError::Batch(why) => EngineError::Unavailable(format!("redis: {why}")),
         }
     }
 

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionLike;
 use redis::Value;
 
+use super::conn::Conn;
 use super::keys::Keys;
 use super::resp::{query, value_array, value_string, CmdError};
 use super::{RedisOptions, RedisStartError};
@@ -80,13 +80,14 @@ impl From<CmdError> for MigrateError {
             CmdError::Redis(e) => MigrateError::Redis(e.to_string()),
             CmdError::Timeout => MigrateError::Redis("redis did not answer in time".into()),
             CmdError::Reply(what) => MigrateError::Redis(format!("unexpected reply to {what}")),
+            CmdError::Batch(why) => MigrateError::Redis(why),
         }
     }
 }
 
 /// The schema version recorded and the names of the Switchboard libraries loaded.
-async fn schema_state<C: ConnectionLike + Send>(
-    con: &mut C,
+async fn schema_state(
+    con: &mut Conn,
     keys: &Keys,
     limit: Duration,
 ) -> Result<(u32, Vec<String>), MigrateError> {
@@ -103,16 +104,27 @@ async fn schema_state<C: ConnectionLike + Send>(
             }
         },
     };
-    let list = query(
-        redis::cmd("FUNCTION")
-            .arg("LIST")
-            .arg("LIBRARYNAME")
-            .arg("switchboard_v*"),
-        con,
-        limit,
-    )
-    .await?;
-    Ok((schema, library_names(list)))
+    // On a cluster each primary has its own libraries (FUNCTION LOAD reaches a primary and
+    // its replicas only): a library counts as loaded when every primary has it.
+    let list = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg("switchboard_v*")
+        .clone();
+    let replies = match tokio::time::timeout(limit, con.on_every_primary(&list)).await {
+        Ok(Ok(replies)) => replies,
+        Ok(Err(e)) => return Err(CmdError::Redis(e).into()),
+        Err(_) => return Err(CmdError::Timeout.into()),
+    };
+    let mut libs: Option<Vec<String>> = None;
+    for reply in replies {
+        let names = library_names(reply);
+        libs = Some(match libs {
+            None => names,
+            Some(all) => all.into_iter().filter(|l| names.contains(l)).collect(),
+        });
+    }
+    Ok((schema, libs.unwrap_or_default()))
 }
 
 /// Library names in a FUNCTION LIST reply (RESP2 arrays or RESP3 maps).
@@ -157,8 +169,8 @@ fn refuse_newer(schema: u32) -> Result<(), MigrateError> {
 /// `<p>:migrate:lock`, so nodes starting together apply each migration once. A library that
 /// is missing although the schema says it was applied (Redis came back empty, or FUNCTION
 /// FLUSH) is loaded again.
-pub(super) async fn apply_migrations<C: ConnectionLike + Send>(
-    con: &mut C,
+pub(super) async fn apply_migrations(
+    con: &mut Conn,
     keys: &Keys,
     node: &str,
     limit: Duration,
@@ -204,8 +216,8 @@ pub(super) async fn apply_migrations<C: ConnectionLike + Send>(
     }
 }
 
-async fn migrate_locked<C: ConnectionLike + Send>(
-    con: &mut C,
+async fn migrate_locked(
+    con: &mut Conn,
     keys: &Keys,
     node: &str,
     limit: Duration,
@@ -251,22 +263,20 @@ async fn migrate_locked<C: ConnectionLike + Send>(
 /// `switchboard migrate`); returns the schema version Redis is at afterwards.
 pub async fn migrate(settings: &Settings) -> Result<u32, RedisStartError> {
     let opts = RedisOptions::from_settings(settings, "migrate-cli");
-    let client = redis::Client::open(opts.url.as_str())
-        .map_err(|e| RedisStartError::BadUrl(e.to_string()))?;
     let unreachable = |reason: String| RedisStartError::Unreachable {
-        url: opts.url.clone(),
+        url: opts.shown_url(),
         reason,
     };
-    let mut con = tokio::time::timeout(
-        opts.start_timeout,
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| unreachable("timed out".into()))?
-    .map_err(|e| unreachable(e.to_string()))?;
+    let mut con = tokio::time::timeout(opts.start_timeout, super::connect(&opts, true))
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| match e {
+            RedisStartError::Unreachable { reason, .. } => unreachable(reason),
+            other => other,
+        })?;
     let version = apply_migrations(
         &mut con,
-        &Keys::new(&opts.prefix),
+        &opts.keys(),
         &opts.node_id,
         opts.command_timeout,
         opts.lock_wait,

@@ -12,6 +12,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::conn::slot_of;
 use super::ordering::History;
 use super::resp::{
     fcall, ms, parse_stream_reply, value_array, value_string, value_u64, CmdError, StreamReply,
@@ -125,7 +126,7 @@ pub(super) async fn push(
     let mut payload = String::with_capacity(frame.len() + 1);
     payload.push('u');
     payload.push_str(&frame);
-    let cmd = redis::cmd("PUBLISH")
+    let cmd = redis::cmd(inner.publish_verb())
         .arg(inner.keys.pubsub(channel.as_str()))
         .arg(payload)
         .clone();
@@ -224,15 +225,17 @@ impl Inner {
     pub(super) async fn keep_meta(&self) -> Result<(), CmdError> {
         let channels = self.tracks.channels();
         for chunk in channels.chunks(500) {
-            let mut pipe = redis::pipe();
-            for channel in chunk {
-                pipe.cmd("PEXPIRE")
-                    .arg(self.keys.meta(channel))
-                    .arg(ms(META_GRACE))
-                    .arg("GT")
-                    .ignore();
-            }
-            self.run_pipe(&pipe).await?;
+            let cmds: Vec<(u16, redis::Cmd)> = chunk
+                .iter()
+                .map(|channel| {
+                    let mut cmd = redis::cmd("PEXPIRE");
+                    cmd.arg(self.keys.meta(channel))
+                        .arg(ms(META_GRACE))
+                        .arg("GT");
+                    (slot_of(channel), cmd)
+                })
+                .collect();
+            self.run_all(&cmds).await?;
         }
         Ok(())
     }
