@@ -8,13 +8,24 @@
 #   scripts/cluster.sh --check      start, run scripts/cluster_check.py through the load
 #                                   balancer (failover included), stop everything; exit 0 when
 #                                   every check passed
+#   --redis-cluster                 (with either) a Redis Cluster instead of the one Redis, as
+#                                   the compose profile `redis-cluster`: six redis-server
+#                                   processes, 3 primaries and 3 replicas
+#                                   (scripts/redis-cluster.sh), the nodes on engine
+#                                   redis_cluster; --check then also SIGKILLs the primary of a
+#                                   channel and checks its subscriber misses nothing unnoticed
 #
 # From another terminal, on the running cluster:
 #
-#   scripts/cluster.sh status       every process: up or down, pid, port
+#   scripts/cluster.sh status       every process: up or down, pid, port (Redis Cluster
+#                                   members: their role)
 #   scripts/cluster.sh kill NODE    SIGKILL node1, node2 or node3: a crash
 #   scripts/cluster.sh stop NODE    SIGTERM: a graceful drain (clients get `disconnect` 1001)
 #   scripts/cluster.sh start NODE   start a stopped node again on its port; returns once ready
+#                                   (with --redis-cluster, NODE may also be a Redis member,
+#                                   redis1..redis6: kill is a crash, its replica takes over in
+#                                   about 4 s; start waits for that takeover, since the member
+#                                   comes back empty, then returns once it has joined)
 #   scripts/cluster.sh follow CHANNEL
 #                                   a subscriber through the load balancer that prints what it
 #                                   receives and, when its connection drops, reconnects with
@@ -29,7 +40,8 @@
 #                    it runs). Set it to run a second cluster from the same checkout.
 #   KEEP_WORK=1      keep the work dir (configs, logs) after stopping
 #   SWITCHBOARD__*   passed on to the nodes, except the keys set here (bind, node_id,
-#                    engine.kind, engine.redis_url, engine.prefix, api.keys)
+#                    engine.kind, engine.redis_url or engine.redis_urls, engine.prefix,
+#                    api.keys)
 #
 # Every process listens on 127.0.0.1 only. Redis gets a free port (never 6379, the machine's
 # shared Redis) and runs without persistence; the nodes bind port 0 and the script reads the
@@ -48,15 +60,14 @@ NODES=(node1 node2 node3)
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 usage() {
-  echo "usage: $0 [--check] | status | kill NODE | stop NODE | start NODE | follow CHANNEL" >&2
+  echo "usage: $0 [--check] [--redis-cluster] | status | kill NODE | stop NODE | start NODE | follow CHANNEL" >&2
   exit 64
 }
 
 MODE=run
+ENGINE=redis # or redis_cluster
 ARG=""
 case "${1:-}" in
-  "") ;;
-  --check) MODE=check ;;
   status) MODE=status ;;
   kill|stop|start|follow)
     MODE=$1
@@ -64,9 +75,22 @@ case "${1:-}" in
     ARG=$2
     ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) usage ;;
+  *)
+    for a in "$@"; do
+      case "$a" in
+        --check) MODE=check ;;
+        --redis-cluster) ENGINE=redis_cluster ;;
+        *) usage ;;
+      esac
+    done
+    ;;
 esac
-[ -n "$ARG" ] || [ $# -le 1 ] || usage
+[ "$MODE" != status ] || [ $# -eq 1 ] || usage
+
+# Redis on loopback (one server or a six-member cluster) and the helpers free_port,
+# port_free, start_bg and stop_pid.
+# shellcheck source=scripts/redis-cluster.sh
+. "$ROOT/scripts/redis-cluster.sh"
 
 CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.tmp/cluster}
 
@@ -75,7 +99,7 @@ CLUSTER_DIR=${CLUSTER_DIR:-$ROOT/.tmp/cluster}
 # that runs it), cluster.env (ports, URLs), NODE.port, NODE.pid (only while NODE runs: the
 # cluster process writes it when it starts the node and removes it once the node has exited)
 # and requests/ (start requests, which the cluster process picks up on SIGUSR1, since the
-# nodes are its children).
+# nodes are its children). Redis Cluster members (redis1..redis6) have the same files.
 # =============================================================================================
 
 cluster_pid() { # the running cluster's pid, or nothing
@@ -93,18 +117,22 @@ need_cluster() {
   . "$CLUSTER_DIR/cluster.env"
 }
 
-need_node() { # NAME
+is_member() { # NAME: a Redis Cluster member's name
   local n
-  for n in "${NODES[@]}"; do [ "$n" = "$1" ] && return 0; done
-  die "unknown node '$1' (one of: ${NODES[*]})"
+  for n in "${RC_MEMBERS[@]}"; do [ "$n" = "$1" ] && return 0; done
+  return 1
 }
 
-node_pid() { # NAME: its pid while it runs, or nothing
-  local pid
-  pid=$(cat "$CLUSTER_DIR/$1.pid" 2>/dev/null) || return 0
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
-  return 0
+need_node() { # NAME: a node, or with a Redis Cluster a member too
+  local n
+  for n in "${NODES[@]}"; do [ "$n" = "$1" ] && return 0; done
+  [ "$ENGINE" = redis_cluster ] && is_member "$1" && return 0
+  local all=("${NODES[@]}")
+  [ "$ENGINE" != redis_cluster ] || all+=("${RC_MEMBERS[@]}")
+  die "unknown node '$1' (one of: ${all[*]})"
 }
+
+node_pid() { member_pid "$CLUSTER_DIR" "$1"; } # NAME: its pid while it runs, or nothing
 
 readyz() { # PORT: the HTTP status of /readyz, 000 when nothing answers
   curl --noproxy '*' -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$1/readyz" || true
@@ -133,7 +161,12 @@ case "$MODE" in
         echo "$n          down  (scripts/cluster.sh start $n)   port $port"
       fi
     done
-    echo "redis          $REDIS_URL   engine.prefix=$PREFIX"
+    if [ "$ENGINE" = redis_cluster ]; then
+      echo "redis cluster  engine.prefix=$PREFIX, seeds $REDIS_URLS"
+      rc_status "$CLUSTER_DIR"
+    else
+      echo "redis          $REDIS_URL   engine.prefix=$PREFIX"
+    fi
     exit 0
     ;;
   kill|stop)
@@ -146,12 +179,16 @@ case "$MODE" in
       kill -KILL "$pid" 2>/dev/null || true
       wait_gone "$ARG" 10 || die "$ARG (pid $pid) is still registered 10 s after SIGKILL"
     else
-      # The node drains for up to server.shutdown_timeout (10 s by default).
-      log "$ARG (pid $pid): SIGTERM, draining"
+      # A node drains for up to server.shutdown_timeout (10 s by default).
+      if is_member "$ARG"; then log "$ARG (pid $pid): SIGTERM"; else log "$ARG (pid $pid): SIGTERM, draining"; fi
       kill -TERM "$pid" 2>/dev/null || true
       wait_gone "$ARG" 40 || die "$ARG (pid $pid) has not exited 40 s after SIGTERM (scripts/cluster.sh kill $ARG)"
     fi
-    log "$ARG is down; the load balancer sends its traffic to the other nodes"
+    if is_member "$ARG"; then
+      log "$ARG is down; if it was a primary, its replica takes its slots over in about 4 s (cluster-node-timeout 2 s)"
+    else
+      log "$ARG is down; the load balancer sends its traffic to the other nodes"
+    fi
     exit 0
     ;;
   start)
@@ -160,6 +197,12 @@ case "$MODE" in
     pid=$(node_pid "$ARG")
     [ -z "$pid" ] || die "$ARG is already running (pid $pid)"
     port=$(cat "$CLUSTER_DIR/$ARG.port")
+    if is_member "$ARG"; then
+      end=$((SECONDS + 20))
+      while ((SECONDS < end)) && ! rc_can_restart "$CLUSTER_DIR" "$ARG"; do sleep 0.2; done
+      rc_can_restart "$CLUSTER_DIR" "$ARG" \
+        || die "$ARG was a primary and its replica has not taken its slots over after 20 s: started now, empty, it would wipe them"
+    fi
     mkdir -p "$CLUSTER_DIR/requests"
     req="$CLUSTER_DIR/requests/$$.$ARG"
     echo "$ARG" >"$req.tmp"
@@ -182,6 +225,11 @@ case "$MODE" in
       *) die "$result" ;;
     esac
     log "$ARG starting (pid $pid) on 127.0.0.1:$port"
+    if is_member "$ARG"; then
+      rc_wait_joined "$CLUSTER_DIR" "$ARG" 30 || exit 1
+      log "$ARG is back: $(rc_role "$CLUSTER_DIR" "$port")"
+      exit 0
+    fi
     for ((i = 0; i < 300; i++)); do
       [ "$(readyz "$port")" = 200 ] && break
       if ! kill -0 "$pid" 2>/dev/null || [ ! -e "$CLUSTER_DIR/$ARG.pid" ]; then
@@ -252,16 +300,6 @@ if [ ! -x "$BIN" ]; then
   cargo build --release --bin switchboard
 fi
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-port_free() { # PORT: nothing listens on 127.0.0.1:PORT
-  python3 -c 'import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
-}
-
 if [ -z "${LB_PORT:-}" ]; then
   if [ "$MODE" = check ]; then LB_PORT=$(free_port); else LB_PORT=8080; fi
 fi
@@ -291,26 +329,6 @@ declare -A NODE_PID=()  # node -> pid while it runs
 declare -A NODE_PORT=() # node -> port, fixed once it first listened
 STOPPING=0
 
-start_bg() { # LOGFILE CMD...: a child in its own session (so Ctrl-C reaches only us); sets BG_PID
-  local logfile=$1
-  shift
-  setsid "$@" >>"$logfile" 2>&1 </dev/null &
-  BG_PID=$!
-}
-
-stop_pid() { # PID NAME SECONDS: SIGTERM, then SIGKILL after SECONDS
-  local pid=$1 name=$2 secs=$3 i
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  log "$name did not stop in ${secs}s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   [ "$STOPPING" -eq 0 ] || return 0
   STOPPING=1
@@ -321,11 +339,12 @@ cleanup() {
   for n in "${!NODE_PID[@]}"; do kill -TERM "${NODE_PID[$n]}" 2>/dev/null || true; done
   for n in "${!NODE_PID[@]}"; do stop_pid "${NODE_PID[$n]}" "$n" 20; done
   [ -z "$REDIS_PID" ] || stop_pid "$REDIS_PID" redis 20
+  rc_stop "$WORK"
   # Unregister first, so no command finds a cluster that is going away.
   if [ "$REGISTERED" -eq 1 ] && [ "$(readlink "$CLUSTER_DIR" 2>/dev/null)" = "$WORK" ]; then
     rm -f "$CLUSTER_DIR"
   fi
-  rm -f "$WORK/cluster.pid" "$WORK"/node*.pid
+  rm -f "$WORK/cluster.pid" "$WORK"/node*.pid "$WORK"/redis*.pid
   if [ "${KEEP_WORK:-0}" = 1 ]; then
     log "stopped; work dir kept: $WORK"
   else
@@ -334,12 +353,14 @@ cleanup() {
   fi
 }
 
-show_logs() {
-  local f
-  for f in "$WORK"/*.log "$WORK"/nginx/*.log; do
+show_logs() { # Redis first and shorter (six of them with --redis-cluster), then the rest
+  local f lines
+  for f in "$WORK"/redis*.log "$WORK"/cluster-create.log "$WORK"/node*.log "$WORK"/nginx*.log "$WORK"/nginx/*.log; do
     [ -s "$f" ] || continue
+    lines=20
+    [[ "$f" != */redis?.log && "$f" != */cluster-create.log ]] || [ "$ENGINE" = redis ] || lines=6
     log "--- last lines of ${f#"$WORK"/} ---"
-    tail -n 20 "$f" >&2
+    tail -n "$lines" "$f" >&2
   done
 }
 
@@ -371,29 +392,17 @@ http_ok() { # URL: 2xx
 }
 
 # --- Redis ---------------------------------------------------------------------------------
-REDIS_PORT=""
-for attempt in 1 2 3; do
-  port=$(free_port)
-  [ "$port" != 6379 ] || continue
-  mkdir -p "$WORK/redis"
-  start_bg "$WORK/redis.log" redis-server --bind 127.0.0.1 --port "$port" \
-    --save "" --appendonly no --dir "$WORK/redis" --daemonize no
-  REDIS_PID=$BG_PID
-  for ((i = 0; i < 50; i++)); do
-    if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
-      REDIS_PORT=$port
-      break
-    fi
-    kill -0 "$REDIS_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -n "$REDIS_PORT" ] && break
-  log "redis-server did not start on port $port (attempt $attempt)"
-  stop_pid "$REDIS_PID" redis 5
-  REDIS_PID=""
-done
-[ -n "$REDIS_PORT" ] || fail "could not start redis-server"
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+if [ "$ENGINE" = redis_cluster ]; then
+  log "starting a Redis Cluster: six redis-server processes (scripts/redis-cluster.sh)"
+  rc_start "$WORK" || fail "could not form the Redis Cluster"
+  REDIS_URLS=$(rc_urls "$WORK")
+  ENGINE_ENV=(SWITCHBOARD__ENGINE__KIND=redis_cluster SWITCHBOARD__ENGINE__REDIS_URLS="$REDIS_URLS")
+else
+  redis_spawn "$WORK" redis 0 || fail "could not start redis-server"
+  REDIS_PID=$SPAWNED_PID
+  REDIS_URL="redis://127.0.0.1:$(cat "$WORK/redis.port")/0"
+  ENGINE_ENV=(SWITCHBOARD__ENGINE__KIND=redis SWITCHBOARD__ENGINE__REDIS_URL="$REDIS_URL")
+fi
 PREFIX="cluster-$(date +%s)-$$"
 
 # --- three nodes ---------------------------------------------------------------------------
@@ -403,8 +412,7 @@ start_node() { # NAME PORT: starts it (port 0: any free port), records its pid
   start_bg "$WORK/$n.log" env \
     SWITCHBOARD__SERVER__BIND="127.0.0.1:$port" \
     SWITCHBOARD__SERVER__NODE_ID="$n" \
-    SWITCHBOARD__ENGINE__KIND=redis \
-    SWITCHBOARD__ENGINE__REDIS_URL="$REDIS_URL" \
+    "${ENGINE_ENV[@]}" \
     SWITCHBOARD__ENGINE__PREFIX="$PREFIX" \
     SWITCHBOARD__API__KEYS="$API_KEY" \
     RUST_LOG="${RUST_LOG:-info}" \
@@ -469,7 +477,9 @@ for n in "${NODES[@]}"; do NODE_URLS+=("http://127.0.0.1:${NODE_PORT[$n]}"); don
 cat >"$WORK/cluster.env.tmp" <<EOF
 LB_PORT=$LB_PORT
 LB=$LB
-REDIS_URL=$REDIS_URL
+ENGINE=$ENGINE
+REDIS_URL=${REDIS_URL:-}
+REDIS_URLS=${REDIS_URLS:-}
 PREFIX=$PREFIX
 API_KEY=$API_KEY
 EOF
@@ -477,20 +487,29 @@ mv "$WORK/cluster.env.tmp" "$WORK/cluster.env"
 
 where=$WORK
 [ "$REGISTERED" -eq 0 ] || where="$WORK, found through $CLUSTER_DIR"
+if [ "$ENGINE" = redis_cluster ]; then
+  redis_line="redis cluster  engine.prefix=$PREFIX
+$(rc_status "$WORK" | sed 's/^/    /')"
+  redis_logs="redis1..redis6"
+else
+  redis_line="redis          $REDIS_URL   engine.prefix=$PREFIX"
+  redis_logs="redis"
+fi
 cat >&2 <<EOF
 [cluster] up (work dir $where)
   load balancer  $LB   ws://127.0.0.1:$LB_PORT/ws
   node1          ${NODE_URLS[0]}
   node2          ${NODE_URLS[1]}
   node3          ${NODE_URLS[2]}
-  redis          $REDIS_URL   engine.prefix=$PREFIX
+  $redis_line
   API key        $API_KEY
-  logs           $WORK/{redis,node1,node2,node3}.log  $NGX/{access,error}.log
+  logs           $WORK/{$redis_logs,node1,node2,node3}.log  $NGX/{access,error}.log
 EOF
 
 # --- supervision ---------------------------------------------------------------------------
-# Until a signal, the end of the check, or the exit of Redis or nginx. A node that exits is
-# reported and the others keep serving; `cluster.sh start NODE` starts it again.
+# Until a signal, the end of the check, or the exit of Redis or nginx. A node (or Redis
+# Cluster member) that exits is reported and the others keep serving; `cluster.sh start NODE`
+# starts it again.
 
 handle_requests() {
   local req n pid
@@ -499,7 +518,17 @@ handle_requests() {
     n=$(cat "$req")
     rm -f "$req"
     req=${req%.start}
-    if [ -z "${NODE_PORT[$n]:-}" ]; then
+    if [ "$ENGINE" = redis_cluster ] && is_member "$n"; then
+      if [ -n "${RC_PID[$n]:-}" ]; then
+        echo "$n is already running (pid ${RC_PID[$n]})" >"$req.tmp"
+      elif redis_spawn "$WORK" "$n" 1; then
+        RC_PID[$n]=$SPAWNED_PID
+        log "$n started again (pid $SPAWNED_PID) on 127.0.0.1:$(cat "$WORK/$n.port")"
+        echo "started $SPAWNED_PID" >"$req.tmp"
+      else
+        echo "$n did not start (its log: $WORK/$n.log)" >"$req.tmp"
+      fi
+    elif [ -z "${NODE_PORT[$n]:-}" ]; then
       echo "unknown node '$n'" >"$req.tmp"
     elif [ -n "${NODE_PID[$n]:-}" ]; then
       echo "$n is already running (pid ${NODE_PID[$n]})" >"$req.tmp"
@@ -536,8 +565,18 @@ reap() { # handles every child that has exited
       tail -n 10 "$WORK/$n.log" >&2
     fi
   done
+  for n in "${!RC_PID[@]}"; do
+    pid=${RC_PID[$n]}
+    kill -0 "$pid" 2>/dev/null && continue
+    st=0
+    wait "$pid" 2>/dev/null || st=$?
+    unset 'RC_PID[$n]'
+    rm -f "$WORK/$n.pid"
+    log "$n (pid $pid) exited: $(describe_status "$st"). scripts/cluster.sh start $n starts it again (once a replica has taken its slots over, if it was a primary)"
+  done
   for n in redis nginx; do
     if [ "$n" = redis ]; then pid=$REDIS_PID; else pid=$NGINX_PID; fi
+    [ -n "$pid" ] || continue # no single Redis with --redis-cluster
     kill -0 "$pid" 2>/dev/null && continue
     st=0
     wait "$pid" 2>/dev/null || st=$?
@@ -561,6 +600,9 @@ reap() { # handles every child that has exited
 if [ "$MODE" = check ]; then
   args=(--lb "$LB" --key "$API_KEY" --cluster-dir "$WORK")
   for u in "${NODE_URLS[@]}"; do args+=(--node "$u"); done
+  if [ "$ENGINE" = redis_cluster ]; then
+    for n in "${RC_MEMBERS[@]}"; do args+=(--redis-member "$n=127.0.0.1:$(cat "$WORK/$n.port")"); done
+  fi
   python3 "$ROOT/scripts/cluster_check.py" "${args[@]}" &
   CHECK_PID=$!
 else
@@ -571,7 +613,8 @@ set +e
 while true; do
   handle_requests
   reap
-  live=("$REDIS_PID" "$NGINX_PID" "${NODE_PID[@]}")
+  live=("$NGINX_PID" "${NODE_PID[@]}" "${RC_PID[@]}")
+  [ -z "$REDIS_PID" ] || live+=("$REDIS_PID")
   [ -z "$CHECK_PID" ] || live+=("$CHECK_PID")
   # Returns when one of them exits, or at once on a trapped signal (SIGUSR1: a request).
   # reap() reports the exit (bash keeps the status for its `wait PID`), so bash's own

@@ -24,6 +24,15 @@ for /ws. What it checks, on a fresh channel:
   subscriber reconnect through the load balancer to another node and recover what it missed
   with `since`; then `scripts/cluster.sh start` brings the node back, which serves again,
   directly and (once nginx's fail_timeout of 10 s is over) through the load balancer.
+- with --redis-member (a cluster of `scripts/cluster.sh --redis-cluster`, nodes on the
+  redis_cluster engine): a Redis primary's crash. It SIGKILLs the primary that holds a
+  subscribed channel (`scripts/cluster.sh kill redisN`) and keeps publishing through the load
+  balancer (each publication retried with its idempotency_key until acknowledged) until the
+  replica has taken the slot over and three more were acknowledged. The subscriber must then
+  have every acknowledged publication, with the data it was acknowledged with, unless it was
+  told of a loss (`reset`, or `recovered: false` on a reconnection): an unplanned failover may
+  lose the last writes of the failed shard, but never silently. Then the nodes are ready again
+  and `scripts/cluster.sh start redisN` brings the member back as a replica.
 
 With --follow CHANNEL it checks nothing: it is the subscriber of `scripts/cluster.sh follow`,
 which prints what it receives and reconnects with `since` whenever its connection drops.
@@ -40,6 +49,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -54,7 +64,7 @@ CLUSTER_SH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster.s
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http(method, url, key=None, body=None):
+def http(method, url, key=None, body=None, timeout=TIMEOUT):
     """Returns (status, body text); never raises for an HTTP status."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
@@ -63,7 +73,7 @@ def http(method, url, key=None, body=None):
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with OPENER.open(req, timeout=TIMEOUT) as resp:
+        with OPENER.open(req, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -467,6 +477,243 @@ def failover(lb, nodes, node_ids, key, cluster_dir, c):
     )
 
 
+class Collector(threading.Thread):
+    """Reads every frame of a WebSocket in the background (answering pings) until it closes."""
+
+    def __init__(self, ws):
+        super().__init__(daemon=True)
+        self.ws, self.frames, self.closed = ws, [], None
+
+    def run(self):
+        try:
+            while True:
+                self.frames.append(self.ws.recv(timeout=3600))
+        except (OSError, TimeoutError, WsClosed, ValueError) as e:
+            self.closed = str(e) or type(e).__name__
+
+    def stop(self):
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(5)
+        self.ws.sock.close()
+
+
+class RedisCluster:
+    """The members of the Redis Cluster, asked with redis-cli (CLUSTER NODES, KEYSLOT)."""
+
+    def __init__(self, members):
+        self.members = {}  # name -> (host, port)
+        for m in members:
+            name, _, addr = m.partition("=")
+            host, _, port = addr.rpartition(":")
+            self.members[name] = (host, port)
+
+    def cli(self, name, *args):
+        host, port = self.members[name]
+        proc = subprocess.run(
+            ["redis-cli", "-h", host, "-p", port, *args], capture_output=True, text=True, timeout=5, check=False
+        )
+        return proc.stdout.replace("\r", "") if proc.returncode == 0 else None
+
+    def name_of(self, addr):
+        """`host:port@bus` of CLUSTER NODES -> member name."""
+        hp = addr.split("@")[0]
+        return next((n for n, (h, p) in self.members.items() if f"{h}:{p}" == hp), hp)
+
+    def nodes(self, avoid=()):
+        """CLUSTER NODES as seen by the first member that answers: [(name, flags, master id, id, slots)]."""
+        for name in self.members:
+            if name in avoid:
+                continue
+            out = self.cli(name, "cluster", "nodes")
+            if out:
+                rows = []
+                for line in out.splitlines():
+                    f = line.split()
+                    if len(f) >= 8:
+                        rows.append((self.name_of(f[1]), f[2], f[3], f[0], f[8:]))
+                return rows
+        return []
+
+    def slot_of(self, channel):
+        # The engine keeps a channel's keys and shard channel under the hash tag {channel}.
+        for name in self.members:
+            out = self.cli(name, "cluster", "keyslot", "{" + channel + "}")
+            if out and out.strip().isdigit():
+                return int(out)
+        raise AssertionError("no Redis Cluster member answers CLUSTER KEYSLOT")
+
+    def owner(self, slot, avoid=()):
+        """(primary, [its replicas]) serving `slot` in a live member's view, or (None, [])."""
+        rows = self.nodes(avoid)
+        for name, flags, _, node_id, slots in rows:
+            if "master" not in flags or "fail" in flags:
+                continue
+            for r in slots:
+                lo, _, hi = r.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return name, [n for n, fl, m, _, _ in rows if m == node_id and "fail" not in fl]
+        return None, []
+
+
+def judge(frames, channel, epoch, acked):
+    """What a subscriber of `channel` (subscribed in `epoch`) made of `frames` (pushes, and the
+    `subscribed` reply of a reconnection), against the publications acknowledged to the
+    publisher, `acked` [(epoch, offset, n)] with data {"n": n}, in order. ok: every one was
+    delivered as acknowledged, except, once a loss was signalled (`reset`, `recovered:
+    false`), publications of an epoch before the last acknowledged one's; and none twice."""
+    seen, cur, last, loss = {}, epoch, 0, []
+    for f in frames:
+        kind, mine = f.get("type"), f.get("channel") in (None, channel)
+        if kind == "reset" and mine:
+            cur, last = f.get("epoch"), 0
+            loss.append(f)
+        elif kind == "subscribed":
+            if f.get("recovered") is False:
+                loss.append(f)
+            cur, last = f.get("epoch"), f.get("offset", 0)
+            for p in f.get("publications") or []:
+                seen.setdefault((cur, p.get("offset")), []).append(p.get("data"))
+        elif kind == "message" and mine:
+            seen.setdefault((cur, f.get("offset")), []).append(f.get("data"))
+            last = f.get("offset")
+    final = acked[-1][0] if acked else epoch
+
+    def excused(e):  # a loss was signalled, and the publication is of an epoch left behind
+        return bool(loss) and e != final
+
+    missing = [(e, o, n) for e, o, n in acked if (e, o) not in seen]
+    # Other data at an acknowledged position is a silent divergence (offsets reused after a
+    # rollback) unless a loss was signalled for that epoch; twice the same is always wrong.
+    wrong = [
+        (e, o, n, seen[(e, o)])
+        for e, o, n in acked
+        if (e, o) in seen and seen[(e, o)] != [{"n": n}] and not (excused(e) and len(seen[(e, o)]) == 1)
+    ]
+    complete = all(excused(e) for e, _, _ in missing)
+    return {"ok": complete and not wrong, "missing": missing, "wrong": wrong, "loss": loss, "position": (cur, last)}
+
+
+def redis_failover(lb, nodes, key, cluster_dir, members, c):
+    """SIGKILL the Redis primary of a subscribed channel; no acknowledged publication is lost
+    silently; the member comes back as a replica."""
+    print("Redis primary failover (scripts/cluster.sh kill / start redisN)")
+    redis = RedisCluster(members)
+    channel = "cluster-redis-failover-" + os.urandom(4).hex()
+    slot = redis.slot_of(channel)
+    victim, replicas = redis.owner(slot)
+    if not c.check(
+        f"{channel} (slot {slot}) is on primary {victim}, replica {replicas}",
+        victim is not None and len(replicas) == 1,
+        f"owner {victim}, replicas {replicas}",
+    ):
+        return
+    sub = WebSocket(lb)
+    sub.send({"type": "subscribe", "id": 1, "channel": channel})
+    epoch = sub.expect("subscribed").get("epoch")
+    collector = Collector(sub)
+    collector.start()
+    acked = []  # (epoch, offset, n)
+
+    def publish(n, timeout):
+        body = {"channel": channel, "data": {"n": n}, "idempotency_key": f"{channel}-{n}"}
+        try:
+            status, text = http("POST", f"{lb}/api/publish", key, body, timeout=timeout)
+        except OSError:
+            return False
+        if status != 200:
+            return False
+        reply = json.loads(text)
+        acked.append((reply.get("epoch"), reply.get("offset"), n))
+        return True
+
+    for n in (1, 2):
+        c.check(f"publish #{n} before the crash is 200", publish(n, TIMEOUT))
+
+    ok, out = cluster_sh(cluster_dir, "kill", victim)
+    if not c.check(f"scripts/cluster.sh kill {victim}", ok, out):
+        collector.stop()
+        return
+    # Publish until the replica serves the slot and three more were acknowledged after that.
+    started, taken_over, after, refused, n = time.monotonic(), None, 0, 0, 3
+    while after < 3 and time.monotonic() - started < 45:
+        if publish(n, 10.0):
+            n += 1
+            after += taken_over is not None
+        else:
+            refused += 1
+            time.sleep(0.2)
+        if taken_over is None and redis.owner(slot, avoid={victim})[0] not in (None, victim):
+            taken_over = time.monotonic() - started
+    c.check(
+        f"replica {replicas[0]} took slot {slot} over",
+        taken_over is not None,
+        f"no live primary serves slot {slot} {time.monotonic() - started:.0f} s after the kill",
+    )
+    c.check(
+        f"publications through the LB are acknowledged again after the takeover "
+        f"({len(acked)} acknowledged, {refused} attempts refused or timed out)",
+        after >= 3,
+        f"{after} acknowledged after the takeover",
+    )
+
+    # The subscriber: every acknowledged publication, or an explicit loss. Its connection may
+    # have been closed (then it reconnects with `since`, as a client does).
+    first, resumed = collector, []  # resumed: the `subscribed` reply of a reconnection
+
+    def verdict():
+        frames = first.frames if not resumed else first.frames + resumed + collector.frames
+        return judge(frames, channel, epoch, acked)
+
+    deadline = time.monotonic() + 15.0
+    while not verdict()["ok"] and collector.closed is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not verdict()["ok"] and collector.closed is not None:
+        cur, last = verdict()["position"]
+        again = WebSocket(lb)
+        again.send({"type": "subscribe", "id": 1, "channel": channel, "since": {"offset": last, "epoch": cur}})
+        resumed.append(again.expect("subscribed"))
+        print(f"  (the subscriber's connection closed: {first.closed}; resumed on {again.node} from offset {last})")
+        collector = Collector(again)
+        collector.start()
+        deadline = time.monotonic() + 15.0
+        while not verdict()["ok"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+    v = verdict()
+    c.check(
+        "no acknowledged publication delivered twice or with other data",
+        not v["wrong"],
+        f"(epoch, offset, n, delivered) {v['wrong']}",
+    )
+    c.check(
+        f"the subscriber got all {len(acked)} acknowledged publications, or was told of a loss "
+        f"({len(v['missing'])} missing, {len(v['loss'])} reset / recovered:false)",
+        v["ok"],
+        f"missing (epoch, offset, n) {v['missing']}; loss signals {v['loss']}",
+    )
+    collector.stop()
+    first.stop()
+
+    answers, deadline = {}, time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        answers = {u: http("GET", f"{u}/readyz")[0] for u in nodes}
+        if all(a == 200 for a in answers.values()):
+            break
+        time.sleep(0.25)
+    c.check("every node is ready after the takeover", all(a == 200 for a in answers.values()), str(answers))
+
+    ok, out = cluster_sh(cluster_dir, "start", victim)
+    if c.check(f"scripts/cluster.sh start {victim} (returns once it has joined)", ok, out):
+        mine = [r for r in redis.nodes() if r[0] == victim]
+        c.check(
+            f"{victim} is back as a replica",
+            bool(mine) and "slave" in mine[0][1] and "fail" not in mine[0][1],
+            str(mine),
+        )
+
+
 def follow(lb, channel):
     """A subscriber that reconnects with `since`, printing what happens (cluster.sh follow)."""
 
@@ -528,6 +775,13 @@ def main():
     p.add_argument("--key", default="dev-key", help="an API key the nodes accept")
     p.add_argument("--cluster-dir", help="the work dir of a scripts/cluster.sh cluster: check failover")
     p.add_argument("--follow", metavar="CHANNEL", help="no checks: subscribe and print, reconnecting")
+    p.add_argument(
+        "--redis-member",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="a Redis Cluster member (repeat); with --cluster-dir: check a Redis primary's crash",
+    )
     args = p.parse_args()
     lb = args.lb.rstrip("/")
     if args.follow:
@@ -543,6 +797,8 @@ def main():
         node_ids = run(lb, nodes, args.key, c)
         if args.cluster_dir:
             failover(lb, nodes, node_ids, args.key, args.cluster_dir, c)
+        if args.cluster_dir and args.redis_member:
+            redis_failover(lb, nodes, args.key, args.cluster_dir, args.redis_member, c)
     except (OSError, TimeoutError, WsClosed, AssertionError, ValueError, subprocess.SubprocessError) as e:
         c.check("the check ran to the end", False, f"{type(e).__name__}: {e}")
     print(f"{c.passed} passed, {c.failed} failed")

@@ -62,11 +62,13 @@ const CHANNEL_KEYS: &[&str] = &[
 /// own scripts and compose file set them for themselves, not for the binary.
 /// `SWITCHBOARD_BIN`: the binary `scripts/cluster.sh` runs; `SWITCHBOARD_API_KEY`:
 /// `docker-compose.yml`'s API key, which it hands to the nodes as `SWITCHBOARD__API__KEYS`;
-/// `SWITCHBOARD_LB_BIND`: where `docker-compose.yml` publishes the load balancer.
+/// `SWITCHBOARD_LB_BIND`: where `docker-compose.yml` publishes the load balancer;
+/// `SWITCHBOARD_LB_CLUSTER_BIND`: the same for its profile `redis-cluster`'s load balancer.
 pub const NOT_SETTINGS: &[&str] = &[
     "SWITCHBOARD_BIN",
     "SWITCHBOARD_API_KEY",
     "SWITCHBOARD_LB_BIND",
+    "SWITCHBOARD_LB_CLUSTER_BIND",
 ];
 
 /// The variable that sets `key` (`api.keys` → `SWITCHBOARD__API__KEYS`).
