@@ -61,3 +61,6 @@ node "${NODE_WS[@]}" --test client/test/*.test.mjs
 bash scripts/test-browser.sh
 
 bash scripts/cluster.sh --check
+# The same with a Redis Cluster of six redis-server processes behind the nodes (engine
+# redis_cluster), a primary SIGKILLed among the checks.
+bash scripts/cluster.sh --redis-cluster --check

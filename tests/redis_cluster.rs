@@ -319,8 +319,24 @@ async fn killed_primary_leaves_no_silent_gap() {
         let (engines, channels) = (engines.clone(), channels.clone());
         tokio::spawn(async move { publish_round_robin(&engines, &channels, 10, 30).await })
     };
+    // The subscriber's node is not ready while that shard's channels are not served.
+    let watch = {
+        let sub = sub.clone();
+        tokio::spawn(async move {
+            loop {
+                if !sub.is_ready() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
     cluster.kill_primary(victim).await;
     let second = traffic.await.expect("traffic");
+    tokio::time::timeout(common::WAIT, watch)
+        .await
+        .expect("not ready while a shard was down")
+        .expect("watcher");
     wait_until("ready after the failover", || {
         sub.is_ready() && publisher.is_ready()
     })
