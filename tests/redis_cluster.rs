@@ -382,3 +382,63 @@ async fn killed_primary_leaves_no_silent_gap() {
         }
     }
 }
+
+/// A replica that missed its primary's last publications takes over (it was paused while
+/// they were made and delivered): the subscriber's node sees the shard behind what it
+/// delivered, ends the channel's epoch, and the subscriber gets `reset`, then the new epoch
+/// from its first offset.
+#[tokio::test]
+async fn failover_that_lost_publications_resets() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut cluster = RedisCluster::start().await;
+    let prefix = unique_prefix();
+    let sub = cluster_engine(cluster.urls(), &prefix, "sub").await;
+    let publisher = cluster_engine(cluster.urls(), &prefix, "pub").await;
+    let rec = Arc::new(Recorder::default());
+    sub.set_handler(rec.clone());
+    let c = "lost:0".to_string();
+    sub.subscribe_node(&ch(&c)).await.expect("subscribe");
+    let engines = vec![publisher.clone()];
+    let channels = vec![c.clone()];
+    let victim = cluster.primary_of_slot(RedisCluster::slot_of(&c)).await;
+    let replica = cluster.replica_of(victim).await;
+    let kept = publish_round_robin(&engines, &channels, 0, 3).await;
+    // Those three are on the replica too.
+    let synced = cluster.cli(victim, &["WAIT", "1", "5000"]).await;
+    assert_eq!(synced.trim(), "1", "the replica acknowledged");
+    // Stopped, and cut off: what the primary writes next does not even wait in the
+    // replica's socket buffer.
+    cluster.pause(replica);
+    let killed = cluster
+        .cli(victim, &["CLIENT", "KILL", "TYPE", "replica"])
+        .await;
+    assert_eq!(killed.trim(), "1", "the replica's link cut");
+    let lost = publish_round_robin(&engines, &channels, 3, 3).await;
+    assert_eq!(
+        acked_on(&[&kept, &lost], &c).len(),
+        6,
+        "all six acknowledged"
+    );
+    wait_until("six delivered", || rec.of(&c).len() == 6).await;
+    let old_epoch = rec.of(&c)[0].epoch.clone();
+    cluster.kill_primary_behind(victim, replica).await;
+
+    wait_until("reset", || rec.resets.lock().iter().any(|(n, _)| *n == c)).await;
+    let new_epoch = rec.resets.lock()[0].1.clone();
+    assert_ne!(new_epoch, old_epoch);
+    wait_until("ready again", || sub.is_ready() && publisher.is_ready()).await;
+    let after = publish_round_robin(&engines, &channels, 6, 2).await;
+    let after = acked_on(&[&after], &c);
+    assert_eq!(after, vec![(1, new_epoch.clone()), (2, new_epoch.clone())]);
+    wait_until("the new epoch delivered", || rec.of(&c).len() == 8).await;
+    let got: Vec<(u64, String)> = rec
+        .of(&c)
+        .iter()
+        .map(|g| (g.offset, g.epoch.clone()))
+        .collect();
+    assert_eq!(
+        &got[6..],
+        &after[..],
+        "the new epoch from 1, after the reset"
+    );
+}

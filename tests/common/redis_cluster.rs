@@ -297,8 +297,23 @@ impl RedisCluster {
     /// master, every live node says `cluster_state:ok` and gives it the dead node's slots.
     pub async fn kill_primary(&mut self, primary_port: u16) -> u16 {
         let replica = self.replica_of(primary_port).await;
+        self.kill_primary_of(primary_port, replica, false).await
+    }
+
+    /// [`RedisCluster::kill_primary`] for a primary whose replica `replica` was [paused]
+    /// (`RedisCluster::pause`) so that it missed the primary's last writes: the primary is
+    /// killed first, then the replica resumed; it takes over without those writes (what an
+    /// unplanned failover with asynchronous replication can lose).
+    pub async fn kill_primary_behind(&mut self, primary_port: u16, replica: u16) -> u16 {
+        self.kill_primary_of(primary_port, replica, true).await
+    }
+
+    async fn kill_primary_of(&mut self, primary_port: u16, replica: u16, resume: bool) -> u16 {
         let before = &self.wait_agreed().await;
         self.node_mut(primary_port).kill();
+        if resume {
+            self.resume(replica);
+        }
         let this = &*self;
         this.wait_for(
             &format!("{replica} to take over from killed {primary_port}"),

@@ -275,6 +275,7 @@ async fn on_push(inner: &Arc<Inner>, addr: Arc<str>, push: PushInfo) {
             }
         }
         (PushKind::SSubscribe, Some(name)) => {
+            log::debug!("ssubscribed name={name} on={addr}");
             let (catch_up, stray) = {
                 let mut state = shards.state.lock();
                 let stray = state.links.get(&addr).cloned();
@@ -374,8 +375,18 @@ async fn rolled_back(
     if last.offset == 0 {
         return false;
     }
-    let Ok((latest, now, entries)) = inner.range(channel, last.offset, last.offset).await else {
-        return false;
+    // Right after a failover the command connection may still route to the dead primary
+    // until it has read the new slot map: try again for a while rather than skip the check.
+    let deadline = Instant::now() + inner.opts.command_timeout * 5;
+    let (latest, now, entries) = loop {
+        match inner.range(channel, last.offset, last.offset).await {
+            Ok(read) => break read,
+            Err(e) if Instant::now() >= deadline => {
+                log::warn!("cannot check channel={channel} after a failover: {e}");
+                return false;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     };
     if now != epoch {
         // Another epoch already: catching up resets.
@@ -550,6 +561,7 @@ async fn refresh_topology(inner: &Inner, shards: &Shards) -> bool {
     if slots.is_empty() {
         return false;
     }
+    log::debug!("redis cluster topology {slots:?}");
     shards.state.lock().slots = slots;
     true
 }
@@ -601,6 +613,7 @@ async fn drive(inner: &Arc<Inner>, shards: &Shards) {
         // Confirmed by the push, not by this reply (an unasked push can take a reply's
         // place on the link); a request that got neither is sent again after `limit`.
         let mut link = link;
+        log::debug!("ssubscribe name={name} on={addr}");
         tokio::spawn(async move {
             let cmd = redis::cmd("SSUBSCRIBE").arg(&name).clone();
             if let Ok(Err(e)) =

@@ -199,7 +199,18 @@ impl History for Inner {
             .arg(from)
             .arg(to)
             .clone();
-        parse_stream_reply(self.query(&cmd).await?).ok_or(CmdError::Reply("range"))
+        let reply = match self.query(&cmd).await {
+            // A Redis (or a cluster's new primary) that came back empty: load the
+            // functions again, then the read finds no meta and the ordering resets.
+            Err(e) if e.function_missing() => {
+                self.repair()
+                    .await
+                    .map_err(|e| CmdError::Batch(e.to_string()))?;
+                self.query(&cmd).await?
+            }
+            reply => reply?,
+        };
+        parse_stream_reply(reply).ok_or(CmdError::Reply("range"))
     }
 
     async fn open_epoch(&self, channel: &str) -> Result<StreamReply, CmdError> {
