@@ -1,8 +1,9 @@
 //! The publisher lane: every publication of this node goes to Redis through one task, in
 //! the order [`Engine::publish`](crate::engine::Engine::publish) was called. The task takes
 //! everything queued since its last batch, sends it as one pipeline of `FCALL`s on the
-//! engine's command connection, waits for the answers, hands each to its caller, and
-//! repeats. One batch in flight at a time keeps the order by construction (Redis runs a
+//! engine's command connection (consecutive publications of one channel as one
+//! `switchboard_v4_publish_many` call, which costs Redis far less per publication), waits
+//! for the answers, hands each to its caller, and repeats. One batch in flight at a time keeps the order by construction (Redis runs a
 //! connection's commands in the order they arrive); batches grow with the load, so a
 //! connection pipelining publishes costs one round trip per batch, not per publication
 //! (group commit).
@@ -23,8 +24,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::conn::send_many;
 use super::resp::CmdError;
+use super::stream::{joinable, publish_many_cmd, publish_many_reply, publish_reply, Outgoing};
 use super::Inner;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, PublishResult};
 
 /// The most publications sent in one pipeline: large enough that a busy node pays one
 /// round trip for many, small enough that one batch's answers stay a few hundred KB.
@@ -34,10 +36,76 @@ const MAX_BATCH: usize = 512;
 pub(super) struct Job {
     /// The channel's hash slot (a cluster pipelines each slot's calls apart).
     pub(super) slot: u16,
-    /// The ready `FCALL`.
-    pub(super) cmd: redis::Cmd,
-    /// Where its raw answer goes.
-    pub(super) reply: oneshot::Sender<Result<Value, EngineError>>,
+    /// What its function call needs.
+    pub(super) publication: Outgoing,
+    /// Where its result goes.
+    pub(super) reply: oneshot::Sender<Result<PublishResult, EngineError>>,
+}
+
+/// One function call of a batch: one publication (`switchboard_v4_publish`), or several
+/// consecutive ones of a channel (`switchboard_v4_publish_many`).
+struct Call {
+    many: bool,
+    replies: Vec<oneshot::Sender<Result<PublishResult, EngineError>>>,
+}
+
+impl Call {
+    /// Hands the call's answer to its publications, in order.
+    fn answer(self, result: Result<Value, EngineError>) {
+        let results = result.and_then(|v| {
+            if self.many {
+                publish_many_reply(v, self.replies.len())
+            } else {
+                publish_reply(v).map(|r| vec![r])
+            }
+        });
+        match results {
+            Ok(results) => {
+                for (reply, r) in self.replies.into_iter().zip(results) {
+                    // A caller that went away (its connection closed) no longer wants it.
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                for reply in self.replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The batch as function calls, in order, with the command of each: consecutive
+/// publications of one channel that can share a call do.
+fn calls(batch: Vec<Job>) -> (Vec<(u16, redis::Cmd)>, Vec<Call>) {
+    let mut slots = Vec::with_capacity(batch.len());
+    let (publications, replies): (Vec<Outgoing>, Vec<_>) = batch
+        .into_iter()
+        .map(|j| {
+            slots.push(j.slot);
+            (j.publication, j.reply)
+        })
+        .unzip();
+    let mut calls = Vec::with_capacity(publications.len());
+    let mut cmds = Vec::with_capacity(publications.len());
+    let mut replies = replies.into_iter();
+    let mut i = 0;
+    while i < publications.len() {
+        let n = joinable(&publications[i..]).max(1);
+        let group = &publications[i..i + n];
+        // A group is one channel: one slot.
+        let cmd = match (n, publish_many_cmd(group)) {
+            (2.., Some(cmd)) => cmd,
+            _ => group[0].cmd(),
+        };
+        cmds.push((slots[i], cmd));
+        calls.push(Call {
+            many: n > 1,
+            replies: replies.by_ref().take(n).collect(),
+        });
+        i += n;
+    }
+    (cmds, calls)
 }
 
 /// Runs batches until the engine shuts down (or is dropped).
@@ -74,16 +142,12 @@ pub(super) async fn lane_task(
 /// Sends one batch and answers each member; repairs and resends once what met a Redis
 /// that lost its functions.
 async fn run_batch(inner: &Inner, batch: Vec<Job>) {
-    let (cmds, replies): (Vec<(u16, redis::Cmd)>, Vec<_>) = batch
-        .into_iter()
-        .map(|j| ((j.slot, j.cmd), j.reply))
-        .unzip();
+    let (cmds, calls) = calls(batch);
     let mut results = match send(inner, &cmds).await {
         Ok(results) => results,
         Err(e) => {
-            for reply in replies {
-                // A caller that went away (its connection closed) no longer wants it.
-                let _ = reply.send(Err(e.clone()));
+            for call in calls {
+                call.answer(Err(e.clone()));
             }
             return;
         }
@@ -93,7 +157,7 @@ async fn run_batch(inner: &Inner, batch: Vec<Job>) {
         log::warn!("redis lost the switchboard functions; applying migrations again");
         match inner.repair().await {
             Ok(_) => {
-                // Only the members refused for the missing function: they ran nothing.
+                // Only the calls refused for the missing function: they ran nothing.
                 let again: Vec<usize> = (0..results.len())
                     .filter(|&i| missing(&results[i]))
                     .collect();
@@ -116,8 +180,8 @@ async fn run_batch(inner: &Inner, batch: Vec<Job>) {
             Err(e) => log::warn!("cannot apply migrations again: {e}"),
         }
     }
-    for (reply, r) in replies.into_iter().zip(results) {
-        let _ = reply.send(r.map_err(CmdError::into_engine));
+    for (call, r) in calls.into_iter().zip(results) {
+        call.answer(r.map_err(CmdError::into_engine));
     }
 }
 

@@ -3,10 +3,11 @@
 //! commands, one dedicated pub/sub connection per node) and to the node only through the
 //! [`EngineHandler`] it is given; the broker, sessions and API see it as an `Arc<dyn Engine>`.
 //!
-//! Publishing is one server-side function (`migrations/0003_idempotent_publish.lua`, a
+//! Publishing is one server-side function (`migrations/0004_lean_publish.lua`, a
 //! Redis 7 FUNCTION library applied under a lock by [`migrate`] or on start): it answers a
 //! repeated idempotency key with the first result, or assigns the offset,
-//! appends to the history stream, trims and expires it, and PUBLISHes a compact payload
+//! appends to the history stream (trimmed approximately every 32 offsets, its TTLs set
+//! when the node asks: `refresh.rs`), and PUBLISHes a compact payload
 //! `p<offset>:<epoch>:{"data":..,"info":..}` on `<p>:ch:{channel}`. Each node builds the
 //! client `message` frame once on receipt with [`message_frame`](crate::protocol::message_frame),
 //! so a publication is still serialized once per node, and the frame format stays in
@@ -24,15 +25,18 @@
 //! node's presence entries and its liveness/subscriber counts in `<p>:nodes`.
 //!
 //! Key layout (prefix `p`): see `keys.rs` and the header of the migration file.
-//! Lifetimes: history lives `history_ttl` after the last publication; the meta hash (offset
-//! and epoch) lives [`META_GRACE`] longer, so a client that comes back just after its history
+//! Lifetimes: history lives at least `history_ttl` after the last publication (and at most
+//! an eighth more, up to 30 s: `refresh.rs`); the meta hash (offset and epoch) lives
+//! [`META_GRACE`] longer, so a client that comes back just after its history
 //! expired still sees the same epoch and a latest offset, and gets `recovered: false` only
 //! when something was really lost; after that the channel starts a new epoch, as the memory
 //! engine does when it forgets an idle channel.
 //!
 //! Files: this one holds the options, the start-up and the [`Engine`] implementation, which
 //! hands each call to the file of its concern: `stream` (publish, push, history, range
-//! reads), `lane` (the publisher task sending publications in call order, batched), `reader` (the pub/sub connection and its task), `ordering` (the per-channel
+//! reads), `lane` (the publisher task sending publications in call order, batched),
+//! `refresh` (when a publication refreshes its channel's TTLs), `reader` (the pub/sub
+//! connection and its task), `ordering` (the per-channel
 //! order and gap-filling state machine, without I/O), `presence`, `cluster` (node-to-node
 //! control, liveness and counts, the beat task), `schema` (migrations and the functions called), `keys` (key names)
 //! and `resp` (commands, their errors and reply parsing).
@@ -44,6 +48,7 @@ mod lane;
 mod ordering;
 mod presence;
 mod reader;
+mod refresh;
 mod resp;
 mod schema;
 mod shards;
@@ -266,6 +271,8 @@ struct Inner {
     events: mpsc::UnboundedSender<Event>,
     /// To the publisher lane, which sends publications in call order (`lane.rs`).
     lane: mpsc::UnboundedSender<lane::Job>,
+    /// When this node last had each channel's TTLs refreshed by a publication.
+    refreshes: refresh::Refreshes,
     /// This node's presence entries, refreshed periodically.
     presence: Mutex<LocalPresence>,
     /// The last local subscriber counts handed in, written with each node beat.
@@ -438,6 +445,7 @@ impl RedisEngine {
             tracks: Tracks::new(),
             events,
             lane,
+            refreshes: refresh::Refreshes::new(),
             presence: Mutex::new(LocalPresence::new()),
             local_counts: Mutex::new(Vec::new()),
             opts,
@@ -500,23 +508,33 @@ impl Engine for RedisEngine {
     ) -> PublishTicket {
         // Queued on the lane now, so the call order is the order Redis runs them in.
         let queued = self.inner.check_ready().and_then(|()| {
-            let cmd = stream::publish_cmd(&self.inner, channel, publication, ns)?;
+            let publication = stream::outgoing(&self.inner, channel, publication, ns)?;
+            let refresh = publication.refresh();
             let (reply, answer) = oneshot::channel();
             self.inner
                 .lane
                 .send(lane::Job {
                     slot: conn::slot_of(channel.as_str()),
-                    cmd,
+                    publication,
                     reply,
                 })
                 .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))?;
-            Ok(answer)
+            Ok((answer, refresh))
         });
+        let inner = self.inner.clone();
+        let channel = channel.clone();
         Box::pin(async move {
-            let answer = queued?
+            let (answer, refresh) = queued?;
+            let result = answer
                 .await
-                .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))??;
-            stream::publish_reply(answer)
+                .map_err(|_| EngineError::Unavailable("the redis engine stopped".into()))
+                .and_then(|r| r);
+            let refreshed = matches!(&result, Ok(r) if !r.duplicate);
+            if refresh && !refreshed {
+                // The refresh this publication carried may not have run: the next one asks.
+                inner.refreshes.forget(channel.as_str());
+            }
+            result
         })
     }
 

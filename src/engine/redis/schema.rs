@@ -25,17 +25,19 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         3,
         include_str!("../../../migrations/0003_idempotent_publish.lua"),
     ),
+    (4, include_str!("../../../migrations/0004_lean_publish.lua")),
 ];
 
 /// The highest schema version this build knows (the last of [`MIGRATIONS`]).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 // The functions this build calls, each from the library that brought it (every library of
 // [`MIGRATIONS`] is loaded).
-pub(super) const FN_PUBLISH: &str = "switchboard_v3_publish";
-pub(super) const FN_HISTORY: &str = "switchboard_v1_history";
-pub(super) const FN_READ: &str = "switchboard_v2_read";
-pub(super) const FN_RANGE: &str = "switchboard_v1_range";
+pub(super) const FN_PUBLISH: &str = "switchboard_v4_publish";
+pub(super) const FN_PUBLISH_MANY: &str = "switchboard_v4_publish_many";
+pub(super) const FN_HISTORY: &str = "switchboard_v4_history";
+pub(super) const FN_READ: &str = "switchboard_v4_read";
+pub(super) const FN_RANGE: &str = "switchboard_v4_range";
 pub(super) const FN_PRESENCE_ADD: &str = "switchboard_v1_presence_add";
 pub(super) const FN_PRESENCE_LIST: &str = "switchboard_v1_presence_list";
 pub(super) const FN_NODE_BEAT: &str = "switchboard_v1_node_beat";
@@ -330,6 +332,7 @@ mod tests {
     fn called_functions_are_registered_by_the_library_their_name_gives() {
         for f in [
             FN_PUBLISH,
+            FN_PUBLISH_MANY,
             FN_HISTORY,
             FN_READ,
             FN_RANGE,

@@ -1,8 +1,12 @@
 //! A channel's stream in Redis: publishing (one server-side function checks the optional
-//! idempotency key, assigns the offset, appends to history and PUBLISHes), pushes, history
-//! reads with recovery, the gap filler's range reads (the [`History`] the ordering reads
-//! from), and keeping the meta hash of subscribed channels alive. Talks to Redis through the engine's command
-//! connection; the stored form of a publication is defined here.
+//! idempotency key, assigns the offset, appends to history, trims and expires it now and
+//! then, and PUBLISHes; [`Outgoing`] is a publication ready for the lane, which may send
+//! several of a channel as one call), pushes, history reads with recovery, the gap filler's
+//! range reads (the [`History`] the ordering reads from), and keeping the meta hash of
+//! subscribed channels alive. Reads never answer what exact trimming to `history_size`
+//! would have dropped. Talks to Redis through the engine's command connection and asks
+//! `refresh` when a publication should refresh its channel's TTLs; the stored form of a
+//! publication is defined here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +18,11 @@ use serde_json::value::RawValue;
 
 use super::conn::slot_of;
 use super::ordering::History;
+use super::refresh;
 use super::resp::{
     fcall, ms, parse_stream_reply, value_array, value_string, value_u64, CmdError, StreamReply,
 };
-use super::schema::{FN_HISTORY, FN_PUBLISH, FN_RANGE, FN_READ};
+use super::schema::{FN_HISTORY, FN_PUBLISH, FN_PUBLISH_MANY, FN_RANGE, FN_READ};
 use super::Inner;
 use crate::channel::ChannelName;
 use crate::config::NamespaceOptions;
@@ -60,22 +65,113 @@ fn new_epoch() -> String {
     id[..12].to_string()
 }
 
-/// The `switchboard_v3_publish` call for one publication; with an idempotency key (and a
-/// window above 0) the function also checks and records `<p>:idem:{ch}:<key>`, in the same
-/// atomic call. Built at once, so the publisher lane sends calls in the order they were made.
-pub(super) fn publish_cmd(
+/// The most publications one `switchboard_v4_publish_many` call carries: one call runs
+/// atomically, so it must stay short next to other clients' commands.
+const MAX_PER_CALL: usize = 128;
+
+/// One publication ready for the publisher lane: what its function call needs, kept apart
+/// so the lane can send consecutive publications of a channel as one call.
+pub(super) struct Outgoing {
+    meta: String,
+    history: String,
+    /// `<p>:idem:{ch}:<key>` when the publication carries a key (and the window is on).
+    idem: Option<String>,
+    candidate: String,
+    payload: String,
+    size: usize,
+    /// The TTLs a refresh sets, already padded.
+    ttl_ms: u64,
+    meta_ttl_ms: u64,
+    pubsub: String,
+    /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
+    verb: &'static str,
+    refresh: bool,
+    window_ms: u64,
+}
+
+impl Outgoing {
+    /// Whether this publication asked Redis to refresh its channel's TTLs.
+    pub(super) fn refresh(&self) -> bool {
+        self.refresh
+    }
+
+    /// Whether `next` can go in the same `switchboard_v4_publish_many` call: same channel
+    /// and namespace options, and no idempotency key on either (a key is checked and
+    /// recorded per publication by `switchboard_v4_publish`).
+    pub(super) fn joins(&self, next: &Outgoing) -> bool {
+        self.idem.is_none()
+            && next.idem.is_none()
+            && self.meta == next.meta
+            && self.size == next.size
+            && self.ttl_ms == next.ttl_ms
+            && self.meta_ttl_ms == next.meta_ttl_ms
+    }
+
+    /// `FCALL switchboard_v4_publish` (the argument order is documented in the Lua file).
+    pub(super) fn cmd(&self) -> redis::Cmd {
+        let mut cmd = match &self.idem {
+            Some(idem) => fcall(FN_PUBLISH, &[&self.meta, &self.history, idem]),
+            None => fcall(FN_PUBLISH, &[&self.meta, &self.history]),
+        };
+        self.common_args(&mut cmd, &self.payload, self.refresh);
+        if self.idem.is_some() {
+            cmd.arg(self.window_ms);
+        }
+        cmd
+    }
+
+    fn common_args(&self, cmd: &mut redis::Cmd, payload: &str, refresh: bool) {
+        cmd.arg(&self.candidate)
+            .arg(payload)
+            .arg(self.size)
+            .arg(self.ttl_ms)
+            .arg(self.meta_ttl_ms)
+            .arg(&self.pubsub)
+            .arg(if refresh { "1" } else { "0" })
+            .arg(self.verb);
+    }
+}
+
+/// How many of `group`'s leading publications fit one call (at least 1).
+pub(super) fn joinable(group: &[Outgoing]) -> usize {
+    let Some(first) = group.first() else {
+        return 0;
+    };
+    1 + group[1..]
+        .iter()
+        .take(MAX_PER_CALL - 1)
+        .take_while(|o| first.joins(o))
+        .count()
+}
+
+/// `FCALL switchboard_v4_publish_many` for publications that [`Outgoing::joins`] the first:
+/// one call, one offset each, in order; it refreshes when any of them asked to.
+pub(super) fn publish_many_cmd(group: &[Outgoing]) -> Option<redis::Cmd> {
+    let first = group.first()?;
+    let mut cmd = fcall(FN_PUBLISH_MANY, &[&first.meta, &first.history]);
+    first.common_args(&mut cmd, "", group.iter().any(|o| o.refresh));
+    for o in group {
+        cmd.arg(&o.payload);
+    }
+    Some(cmd)
+}
+
+/// One publication for the lane; with an idempotency key (and a window above 0) the
+/// function also checks and records `<p>:idem:{ch}:<key>`, in the same atomic call. Made at
+/// once, so the publisher lane sends publications in the order they were made; whether it
+/// refreshes the channel's TTLs is decided (and recorded) now.
+pub(super) fn outgoing(
     inner: &Inner,
     channel: &ChannelName,
     p: Publish,
     ns: &NamespaceOptions,
-) -> Result<redis::Cmd, EngineError> {
+) -> Result<Outgoing, EngineError> {
     let payload = serde_json::to_string(&StoredRef {
         data: &p.data,
         info: p.info.as_ref(),
     })
     .map_err(|e| EngineError::Unavailable(format!("cannot encode publication: {e}")))?;
     let keys = &inner.keys;
-    let (meta, history) = (keys.meta(channel.as_str()), keys.history(channel.as_str()));
     let window = ns.idempotency_window.0;
     // A window of 0 remembers nothing: the key is then only validated.
     let idem = p
@@ -83,24 +179,33 @@ pub(super) fn publish_cmd(
         .filter(|_| !window.is_zero())
         .map(|k| keys.idem(channel.as_str(), k.as_str()));
     let history_ttl = ns.history_ttl.0;
-    let mut cmd = match &idem {
-        Some(idem) => fcall(FN_PUBLISH, &[&meta, &history, idem]),
-        None => fcall(FN_PUBLISH, &[&meta, &history]),
-    };
-    cmd.arg(new_epoch())
-        .arg(payload)
-        .arg(ns.history_size)
-        .arg(ms(history_ttl))
-        .arg(ms(history_ttl + META_GRACE))
-        .arg(keys.pubsub(channel.as_str()));
-    if idem.is_some() {
+    let pad = refresh::pad(history_ttl);
+    let refresh = inner
+        .refreshes
+        .due(channel.as_str(), pad, std::time::Instant::now());
+    Ok(Outgoing {
+        meta: keys.meta(channel.as_str()),
+        history: keys.history(channel.as_str()),
+        idem,
+        candidate: new_epoch(),
+        payload,
+        size: ns.history_size,
+        // No history TTL stays 0 (no history kept), not the pad.
+        ttl_ms: if history_ttl.is_zero() {
+            0
+        } else {
+            ms(history_ttl + pad)
+        },
+        meta_ttl_ms: ms(history_ttl + META_GRACE + pad),
+        pubsub: keys.pubsub(channel.as_str()),
+        verb: inner.publish_verb(),
+        refresh,
         // At least 1 ms: a window under a millisecond is still a window, not "off".
-        cmd.arg(ms(window).max(1));
-    }
-    Ok(cmd)
+        window_ms: ms(window).max(1),
+    })
 }
 
-/// Reads the function's answer: offset, epoch, and whether the key was a repeat.
+/// Reads `switchboard_v4_publish`'s answer: offset, epoch, and whether the key was a repeat.
 pub(super) fn publish_reply(reply: Value) -> Result<PublishResult, EngineError> {
     let mut items = value_array(reply).into_iter();
     match (
@@ -115,6 +220,35 @@ pub(super) fn publish_reply(reply: Value) -> Result<PublishResult, EngineError> 
         }),
         _ => Err(CmdError::Reply("publish").into_engine()),
     }
+}
+
+/// Reads `switchboard_v4_publish_many`'s answer `{last offset, epoch, count}` into one
+/// result per publication, in order; `count` must be how many were sent.
+pub(super) fn publish_many_reply(
+    reply: Value,
+    count: usize,
+) -> Result<Vec<PublishResult>, EngineError> {
+    let mut items = value_array(reply).into_iter();
+    let bad = || CmdError::Reply("publish_many").into_engine();
+    let (Some(last), Some(epoch), Some(n)) = (
+        items.next().as_ref().and_then(value_u64),
+        items.next().and_then(value_string),
+        items.next().as_ref().and_then(value_u64),
+    ) else {
+        return Err(bad());
+    };
+    if n == 0 || usize::try_from(n).ok() != Some(count) {
+        return Err(bad());
+    }
+    let first = last.checked_sub(n - 1).ok_or_else(bad)?;
+    let epoch: Arc<str> = Arc::from(epoch);
+    Ok((first..=last)
+        .map(|offset| PublishResult {
+            offset,
+            epoch: epoch.clone(),
+            duplicate: false,
+        })
+        .collect())
 }
 
 /// Sends a ready `join`/`leave` frame to every node subscribed to the channel.
@@ -134,8 +268,11 @@ pub(super) async fn push(
 }
 
 /// A history read; `create` gives a channel without state its epoch (a subscription
-/// joining: `switchboard_v1_history`), else such a channel answers offset 0 with no epoch
-/// and nothing is written (a query: `switchboard_v2_read`).
+/// joining: `switchboard_v4_history`), else such a channel answers offset 0 with no epoch
+/// and nothing is written (a query: `switchboard_v4_read`). Both answer nothing at or below
+/// `latest - history_size`: the stream is trimmed only approximately (`XTRIM ~`), and
+/// this bound, applied in Redis before `COUNT`, makes reads and recovery what exact
+/// trimming would give.
 pub(super) async fn history(
     inner: &Inner,
     channel: &ChannelName,
@@ -158,11 +295,13 @@ pub(super) async fn history(
             .arg(ms(ns.history_ttl.0 + META_GRACE))
             .arg(from)
             .arg(count)
+            .arg(ns.history_size)
             .clone()
     } else {
         fcall(FN_READ, &[&meta, &history])
             .arg(from)
             .arg(count)
+            .arg(ns.history_size)
             .clone()
     };
     let (latest, epoch, entries) = parse_stream_reply(inner.fcall(&cmd).await?)
@@ -193,6 +332,8 @@ pub(super) async fn history(
 }
 
 impl History for Inner {
+    // `switchboard_v4_range` bounds the read with the history_size the publishing nodes
+    // recorded in the meta hash: this node may not know the channel's namespace options.
     async fn range(&self, channel: &str, from: u64, to: u64) -> Result<StreamReply, CmdError> {
         let (meta, history) = (self.keys.meta(channel), self.keys.history(channel));
         let cmd = fcall(FN_RANGE, &[&meta, &history])
