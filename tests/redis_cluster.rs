@@ -126,6 +126,18 @@ async fn conformance_redis_cluster() {
     conformance(engine).await;
 }
 
+/// Two nodes on `cluster`: one whose handler records what it delivers, one to publish from.
+async fn subscriber_and_publisher(
+    cluster: &RedisCluster,
+) -> (Arc<RedisEngine>, Arc<RedisEngine>, Arc<Recorder>) {
+    let prefix = unique_prefix();
+    let sub = cluster_engine(cluster.urls(), &prefix, "sub").await;
+    let publisher = cluster_engine(cluster.urls(), &prefix, "pub").await;
+    let rec = Arc::new(Recorder::default());
+    sub.set_handler(rec.clone());
+    (sub, publisher, rec)
+}
+
 /// Publishes `n` publications on each channel, round robin over the engines; answers what
 /// was acknowledged per channel: (offset, epoch) in order.
 async fn publish_round_robin(
@@ -228,11 +240,7 @@ async fn slot_migration_and_failover_lose_nothing() {
     // The engine's log (RUST_LOG=switchboard=info) shows each subscription moving.
     let _ = env_logger::builder().is_test(true).try_init();
     let cluster = RedisCluster::start().await;
-    let prefix = unique_prefix();
-    let sub = cluster_engine(cluster.urls(), &prefix, "sub").await;
-    let publisher = cluster_engine(cluster.urls(), &prefix, "pub").await;
-    let rec = Arc::new(Recorder::default());
-    sub.set_handler(rec.clone());
+    let (sub, publisher, rec) = subscriber_and_publisher(&cluster).await;
     let channels = channels_on_every_shard(&cluster, "moving", 1).await;
     for c in &channels {
         sub.subscribe_node(&ch(c)).await.expect("subscribe");
@@ -301,11 +309,7 @@ async fn killed_primary_leaves_no_silent_gap() {
     // The engine's log (RUST_LOG=switchboard=info) shows each subscription moving.
     let _ = env_logger::builder().is_test(true).try_init();
     let mut cluster = RedisCluster::start().await;
-    let prefix = unique_prefix();
-    let sub = cluster_engine(cluster.urls(), &prefix, "sub").await;
-    let publisher = cluster_engine(cluster.urls(), &prefix, "pub").await;
-    let rec = Arc::new(Recorder::default());
-    sub.set_handler(rec.clone());
+    let (sub, publisher, rec) = subscriber_and_publisher(&cluster).await;
     let channels = channels_on_every_shard(&cluster, "killed", 1).await;
     for c in &channels {
         sub.subscribe_node(&ch(c)).await.expect("subscribe");
@@ -391,11 +395,7 @@ async fn killed_primary_leaves_no_silent_gap() {
 async fn failover_that_lost_publications_resets() {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut cluster = RedisCluster::start().await;
-    let prefix = unique_prefix();
-    let sub = cluster_engine(cluster.urls(), &prefix, "sub").await;
-    let publisher = cluster_engine(cluster.urls(), &prefix, "pub").await;
-    let rec = Arc::new(Recorder::default());
-    sub.set_handler(rec.clone());
+    let (sub, publisher, rec) = subscriber_and_publisher(&cluster).await;
     let c = "lost:0".to_string();
     sub.subscribe_node(&ch(&c)).await.expect("subscribe");
     let engines = vec![publisher.clone()];

@@ -23,29 +23,30 @@ use switchboard::protocol::{ClientInfo, IdempotencyKey};
 pub fn options(redis: &Redis, prefix: &str, node: &str) -> RedisOptions {
     let mut settings = Settings::default();
     settings.engine.redis_url = redis.url();
-    settings.engine.prefix = prefix.to_string();
-    let mut o = RedisOptions::from_settings(&settings, node);
-    o.command_timeout = Duration::from_millis(700);
-    o.start_timeout = Duration::from_secs(2);
-    o.max_backoff = Duration::from_millis(200);
-    o.health_period = Duration::from_millis(100);
-    o.presence_period = Duration::from_millis(100);
-    o.node_period = Duration::from_millis(100);
-    o.disconnect_wait = Duration::from_secs(1);
-    o
+    short_periods(settings, prefix, node, Duration::from_millis(700))
 }
 
-/// [`options`] for a Redis Cluster whose nodes are `urls` (`engine.kind = "redis_cluster"`).
+/// [`options`] for a Redis Cluster whose nodes are `urls` (`engine.kind = "redis_cluster"`);
+/// a little more time per command, as the cluster redirects and elects.
 pub fn cluster_options(urls: Vec<String>, prefix: &str, node: &str) -> RedisOptions {
     let mut settings = Settings::default();
     settings.engine.kind = switchboard::config::EngineKind::RedisCluster;
     settings.engine.redis_urls = urls;
+    short_periods(settings, prefix, node, Duration::from_millis(1000))
+}
+
+fn short_periods(
+    mut settings: Settings,
+    prefix: &str,
+    node: &str,
+    command_timeout: Duration,
+) -> RedisOptions {
     settings.engine.prefix = prefix.to_string();
     let mut o = RedisOptions::from_settings(&settings, node);
-    o.command_timeout = Duration::from_millis(1000);
-    o.start_timeout = Duration::from_secs(5);
+    o.command_timeout = command_timeout;
+    o.start_timeout = Duration::from_secs(2).max(command_timeout * 5);
     o.max_backoff = Duration::from_millis(200);
-    o.health_period = Duration::from_millis(200);
+    o.health_period = Duration::from_millis(100);
     o.presence_period = Duration::from_millis(100);
     o.node_period = Duration::from_millis(100);
     o.disconnect_wait = Duration::from_secs(1);
