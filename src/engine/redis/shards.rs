@@ -502,6 +502,12 @@ async fn health_check(inner: &Arc<Inner>, shards: &Shards) {
                 sub.state = SubState::Wanted;
             }
         }
+        // A link nothing is subscribed on any more (its node handed its slots over) closes.
+        let used: Vec<Arc<str>> = subs
+            .values()
+            .filter_map(|s| s.state.addr().cloned())
+            .collect();
+        state.links.retain(|addr, _| used.contains(addr));
     }
     let exists = inner
         .query(redis::cmd("EXISTS").arg(inner.keys.schema()))
