@@ -64,7 +64,10 @@ async fn approximate_trimming_reads_as_exact_trimming() {
     let c = ch("lean:trim");
     let mut epoch = String::new();
     for i in 1..=40u64 {
-        let r = a.publish(&c, data(json!(i)), &small).await.expect("publish");
+        let r = a
+            .publish(&c, data(json!(i)), &small)
+            .await
+            .expect("publish");
         assert_eq!(r.offset, i);
         epoch = r.epoch.to_string();
     }
@@ -79,18 +82,30 @@ async fn approximate_trimming_reads_as_exact_trimming() {
 
     // Clients see the newest 5, as exact trimming would keep them.
     let h = a.history(&c, None, 5, &small).await.expect("history");
-    assert_eq!((h.offset, offsets(&h.publications)), (70, (66..=70).collect()));
+    assert_eq!(
+        (h.offset, offsets(&h.publications)),
+        (70, (66..=70).collect())
+    );
     let at = |offset| StreamPosition {
         offset,
         epoch: epoch.as_str().into(),
     };
-    let h = a.history(&c, Some(&at(60)), 5, &small).await.expect("since");
+    let h = a
+        .history(&c, Some(&at(60)), 5, &small)
+        .await
+        .expect("since");
     assert!(!h.recovered, "61..=65 are beyond history_size");
     assert_eq!(offsets(&h.publications), (66..=70).collect::<Vec<_>>());
-    let h = a.join_history(&c, Some(&at(65)), 5, &small).await.expect("join");
+    let h = a
+        .join_history(&c, Some(&at(65)), 5, &small)
+        .await
+        .expect("join");
     assert!(h.recovered);
     assert_eq!(offsets(&h.publications), (66..=70).collect::<Vec<_>>());
-    let h = a.history(&c, Some(&at(1)), 5, &small).await.expect("since 1");
+    let h = a
+        .history(&c, Some(&at(1)), 5, &small)
+        .await
+        .expect("since 1");
     assert!(!h.recovered);
     assert_eq!(offsets(&h.publications), (66..=70).collect::<Vec<_>>());
 
@@ -100,7 +115,10 @@ async fn approximate_trimming_reads_as_exact_trimming() {
     let rec = Arc::new(Recorder::default());
     b.set_handler(rec.clone());
     b.subscribe_node(&c).await.expect("subscribe");
-    let first = a.publish(&c, data(json!(0)), &small).await.expect("publish");
+    let first = a
+        .publish(&c, data(json!(0)), &small)
+        .await
+        .expect("publish");
     assert_eq!(first.offset, 71);
     wait_until("b gets 71", || rec.of("lean:trim").len() == 1).await;
     for i in 72..=100u64 {
@@ -145,7 +163,10 @@ async fn history_outlives_each_publication_by_its_ttl_then_expires() {
         ..ns(10)
     };
     let c = ch("lean:ttl");
-    let (history, meta) = (format!("{p}:history:{{lean:ttl}}"), format!("{p}:meta:{{lean:ttl}}"));
+    let (history, meta) = (
+        format!("{p}:history:{{lean:ttl}}"),
+        format!("{p}:meta:{{lean:ttl}}"),
+    );
     let mut con = redis.con().await;
     let mut last_reply = Instant::now();
     // Publications over more than a refresh period: after each, both keys expire no sooner

@@ -23,7 +23,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::resp::{query_pipe, CmdError};
-use super::stream::{joinable, publish_many_cmd, publish_reply, publish_many_reply, Outgoing};
+use super::stream::{joinable, publish_many_cmd, publish_many_reply, publish_reply, Outgoing};
 use super::Inner;
 use crate::engine::{EngineError, PublishResult};
 

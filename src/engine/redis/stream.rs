@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::ordering::History;
+use super::refresh;
 use super::resp::{
     fcall, ms, parse_stream_reply, value_array, value_string, value_u64, CmdError, StreamReply,
 };
-use super::refresh;
 use super::schema::{FN_HISTORY, FN_PUBLISH, FN_PUBLISH_MANY, FN_RANGE, FN_READ};
 use super::Inner;
 use crate::channel::ChannelName;
