@@ -1,7 +1,11 @@
 //! The Redis engine: offsets, epochs, history, presence and cross-node delivery kept in one
-//! Redis shared by every node of a cluster. It talks to Redis only (a connection manager for
-//! commands, one dedicated pub/sub connection per node) and to the node only through the
+//! Redis, or one Redis Cluster, shared by every node of a cluster. It talks to Redis only (a
+//! command connection, `conn.rs`; one dedicated pub/sub connection per node on one Redis,
+//! one link per primary on a cluster, `shards.rs`) and to the node only through the
 //! [`EngineHandler`] it is given; the broker, sessions and API see it as an `Arc<dyn Engine>`.
+//! On a cluster every key of a channel carries the channel as its hash tag, so its function
+//! calls run on the primary that owns it and end with a sharded `SPUBLISH`; what is not per
+//! channel lives in the slot of `{<p>}` (`keys.rs`).
 //!
 //! Publishing is one server-side function (`migrations/0004_lean_publish.lua`, a
 //! Redis 7 FUNCTION library applied under a lock by [`migrate`] or on start): it answers a
@@ -36,7 +40,8 @@
 //! hands each call to the file of its concern: `stream` (publish, push, history, range
 //! reads), `lane` (the publisher task sending publications in call order, batched),
 //! `refresh` (when a publication refreshes its channel's TTLs), `reader` (the pub/sub
-//! connection and its task), `ordering` (the per-channel
+//! connection and its task), `shards` (a cluster's sharded subscriptions: links, topology,
+//! failover), `conn` (one Redis or a cluster behind one command connection), `ordering` (the per-channel
 //! order and gap-filling state machine, without I/O), `presence`, `cluster` (node-to-node
 //! control, liveness and counts, the beat task), `schema` (migrations and the functions called), `keys` (key names)
 //! and `resp` (commands, their errors and reply parsing).
