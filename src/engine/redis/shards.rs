@@ -302,18 +302,26 @@ async fn on_push(inner: &Arc<Inner>, addr: Arc<str>, push: PushInfo) {
             }
         }
         (PushKind::SUnsubscribe, Some(name)) => {
-            let mut state = shards.state.lock();
-            if let Some(sub) = state.subs.get_mut(&name) {
-                if sub.state.addr() == Some(&addr) {
-                    // Unasked: the slot moved or its primary stepped down.
-                    log::info!("redis cluster dropped a subscription name={name} from={addr}; resubscribing");
-                    sub.recovering |= matches!(sub.state, SubState::Served { .. });
-                    sub.state = SubState::Wanted;
+            // The answer to this node's own SUNSUBSCRIBE finds no subscription: only an
+            // unasked one (the slot moved, its primary stepped down) loses one.
+            let lost = {
+                let mut state = shards.state.lock();
+                match state.subs.get_mut(&name) {
+                    Some(sub) if sub.state.addr() == Some(&addr) => {
+                        sub.recovering |= matches!(sub.state, SubState::Served { .. });
+                        sub.state = SubState::Wanted;
+                        true
+                    }
+                    _ => false,
                 }
+            };
+            if lost {
+                log::info!(
+                    "redis cluster dropped a subscription name={name} from={addr}; resubscribing"
+                );
+                inner.ready.store(false, Ordering::Release);
+                shards.kick.notify_one();
             }
-            drop(state);
-            inner.ready.store(false, Ordering::Release);
-            shards.kick.notify_one();
         }
         (PushKind::Disconnection, _) => {
             log::warn!("redis cluster link lost addr={addr}; resubscribing its channels");
